@@ -1,0 +1,244 @@
+"""The captioner API: an image plus region masks in, one caption per region (and per attribute asked) out.
+
+Efficient by construction: the high-res encoding of a frame runs once and every region shares it; all regions x
+attributes of a frame decode as one batch with a KV cache, each sequence stopping at its own EOS. Backends
+(`torch`, `onnxruntime`, `tensorrt`) only supply the three compute stages; validation, batching and the decode
+loop are shared, so every backend answers the same way.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+
+from .model.config import FineCaptionConfig
+from .model.finecaption import FineCaptionModel, FrameFeatures, load_tokenizer, weights_digest
+from .model.generate import DecoderSession, TorchDecoderSession, greedy_decode
+from .model.inputs import normalise_frames, region_inputs
+from .tasks import ATTRIBUTE_TASK, ATTRIBUTES, GLOBAL_TASK, TASKS, prompt_for, tidy_caption
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "checkpoints" / "default"
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+DEFAULT_MAX_NEW_TOKENS = 24
+MAX_BATCH = 64  # sequences decoded together; bounds memory when a frame has very many regions x attributes
+
+
+class CaptionerInputError(ValueError):
+    """Raised for input the captioner cannot caption; the message names the problem and the fix."""
+
+
+@dataclass
+class RegionCaption:
+    region_id: int
+    task: str
+    attribute: str  # "" unless task == "attribute"
+    caption: str
+    confidence: float  # mean probability of the generated tokens
+    bbox: tuple[int, int, int, int]  # x_offset, y_offset, width, height in pixels
+    mask_area: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    name: str
+
+    def encode_frames(self, hr_pixels: torch.Tensor | None) -> FrameFeatures: ...
+
+    def visual_tokens(self, lr_pixels: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
+                      frames: FrameFeatures, frame_index: torch.Tensor) -> torch.Tensor: ...
+
+    def decoder_session(self) -> DecoderSession: ...
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, model: FineCaptionModel):
+        self.model = model.eval()
+
+    @torch.inference_mode()
+    def encode_frames(self, hr_pixels):
+        return self.model.encode_frames(hr_pixels)
+
+    @torch.inference_mode()
+    def visual_tokens(self, lr_pixels, masks, boxes, frames, frame_index):
+        return self.model.visual_tokens(lr_pixels, masks, boxes, frames, frame_index)
+
+    def decoder_session(self):
+        return TorchDecoderSession(self.model)
+
+
+def _load_backend(name: str, model_dir: Path, engine_dir: str | Path | None, options: dict) -> Backend:
+    if name == "torch":
+        return TorchBackend(FineCaptionModel.from_pretrained(model_dir))
+    from .engines import load_backend  # the engine layer is optional: onnxruntime / tensorrt live there
+
+    return load_backend(name, model_dir, engine_dir, **options)
+
+
+class Captioner:
+    def __init__(self, model_dir: Path, config: FineCaptionConfig, tokenizer, backend: Backend, model_id: str):
+        self.model_dir = model_dir
+        self.config = config
+        self.tokenizer = tokenizer
+        self.engine = backend
+        self.model_id = model_id
+        self._prompt_cache: dict[tuple[str, str | None], list[int]] = {}
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, backend: str = "torch",
+                        engine_dir: str | Path | None = None, num_threads: int | None = None,
+                        **backend_options) -> "Captioner":
+        """`path=None` loads the default model embedded in the package; any other path must be a local model
+        directory (nothing is ever downloaded)."""
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        model_dir = Path(path) if path is not None else DEFAULT_MODEL_DIR
+        if not model_dir.is_dir():
+            raise FileNotFoundError(f"model directory {model_dir} does not exist; pass a directory written by "
+                                    f"`finecaption train` (or save_pretrained), or omit the path for the default")
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        config = FineCaptionConfig.load(model_dir)
+        tokenizer = load_tokenizer(model_dir)
+        engine = _load_backend(backend, model_dir, engine_dir, backend_options)
+        model_id = f"{config.name}-{weights_digest(model_dir)[:8]}"
+        return cls(model_dir, config, tokenizer, engine, model_id)
+
+    @property
+    def backend(self) -> str:
+        return self.engine.name
+
+    @property
+    def supported_attributes(self) -> tuple[str, ...]:
+        return ATTRIBUTES
+
+    # ---- the API ------------------------------------------------------------------------------------------------
+    def caption(self, image: np.ndarray, masks=None, task: str = "dense", attributes: Sequence[str] | None = None,
+                max_new_tokens: int | None = None) -> list[RegionCaption]:
+        started = time.perf_counter()
+        image = _check_image(image)
+        task, attributes = self._check_task(task, attributes)
+        if task == GLOBAL_TASK:
+            region_ids, region_masks = [0], np.ones((1,) + image.shape[:2], dtype=bool)
+        else:
+            region_ids, region_masks = _split_masks(masks, image.shape[:2])
+        config = self.config
+        frame = torch.from_numpy(np.ascontiguousarray(image))[None]
+        hr = normalise_frames(frame, config.hr_image_size, config.image_mean, config.image_std) \
+            if config.use_hr else None
+        lr = normalise_frames(frame, config.lr_image_size, config.image_mean, config.image_std)
+        coverage, boxes, pixel_boxes = region_inputs(region_masks, config.hr_image_size)
+        timings = {"preprocess": _ms(started)}
+
+        stage = time.perf_counter()
+        frames = self.engine.encode_frames(hr)
+        timings["frame_encoder"] = _ms(stage)
+        stage = time.perf_counter()
+        visual = self.engine.visual_tokens(lr, coverage, boxes, frames, torch.zeros(len(region_ids), dtype=torch.long))
+        timings["region_encoder"] = _ms(stage)
+
+        requests = [(i, a) for i in range(len(region_ids)) for a in (attributes or [None])]
+        stage = time.perf_counter()
+        texts, confidences = [], []
+        for chunk_start in range(0, len(requests), MAX_BATCH):
+            chunk = requests[chunk_start:chunk_start + MAX_BATCH]
+            index = torch.tensor([i for i, _ in chunk])
+            generation = greedy_decode(
+                self.engine.decoder_session(), visual[index], visual.shape[1],
+                [self._prompt_ids(task, a) for _, a in chunk], eos_id=self.tokenizer.eos_token_id,
+                pad_id=self.tokenizer.pad_token_id, max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
+            texts += [tidy_caption(self.tokenizer.decode(t, skip_special_tokens=True)) for t in generation.token_ids]
+            confidences += generation.confidences
+        timings["decoder"] = _ms(stage)
+        timings["total"] = _ms(started)
+
+        results = []
+        for (i, attribute), text, confidence in zip(requests, texts, confidences):
+            x0, y0, x1, y1 = (int(v) for v in pixel_boxes[i])
+            results.append(RegionCaption(
+                region_id=int(region_ids[i]), task=task, attribute=attribute or "", caption=text,
+                confidence=confidence, bbox=(x0, y0, x1 - x0, y1 - y0), mask_area=int(region_masks[i].sum()),
+                timings_ms=dict(timings)))
+        return results
+
+    def _check_task(self, task: str, attributes) -> tuple[str, list[str] | None]:
+        if task not in TASKS:
+            raise CaptionerInputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        if task != ATTRIBUTE_TASK:
+            return task, None
+        if isinstance(attributes, str):
+            attributes = [attributes]
+        if not attributes:
+            raise CaptionerInputError(f"task 'attribute' needs attributes=[...], e.g. ['color']; this model knows "
+                                      f"{', '.join(self.supported_attributes)}")
+        unknown = [a for a in attributes if a not in self.supported_attributes]
+        if unknown:
+            raise CaptionerInputError(f"unknown attribute(s) {unknown}; this model knows "
+                                      f"{', '.join(self.supported_attributes)}")
+        return task, list(attributes)
+
+    def _prompt_ids(self, task: str, attribute: str | None) -> list[int]:
+        key = (task, attribute)
+        if key not in self._prompt_cache:
+            text = prompt_for(task, attribute)
+            self._prompt_cache[key] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._prompt_cache[key]
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000.0, 3)
+
+
+def _check_image(image) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise CaptionerInputError(f"image must be a numpy array (HxWx3 uint8 RGB), got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise CaptionerInputError(f"image must be HxWx3 RGB, got shape {image.shape}; drop an alpha channel with "
+                                  f"image[..., :3] or stack a grey image with np.repeat(img[..., None], 3, 2)")
+    if image.dtype != np.uint8:
+        raise CaptionerInputError(f"image must be uint8, got {image.dtype}; convert 0..1 floats with "
+                                  f"(img * 255).round().astype(np.uint8)")
+    if min(image.shape[:2]) < 2:
+        raise CaptionerInputError(f"image of size {image.shape[1]}x{image.shape[0]} is too small to caption")
+    return image
+
+
+def _split_masks(masks, shape: tuple[int, int]) -> tuple[list[int], np.ndarray]:
+    """Label map (HxW int, 0 = background) or a list / (N,H,W) stack of bool masks -> (ids, (R,H,W) bool)."""
+    if masks is None:
+        raise CaptionerInputError("region tasks need masks: an HxW instance label map or a list of HxW bool masks")
+    if isinstance(masks, np.ndarray) and masks.ndim == 2 and masks.dtype != bool:
+        if masks.dtype.kind not in "iu":
+            raise CaptionerInputError(f"a label map must hold integers (0 = background), got {masks.dtype}")
+        _check_shape(masks.shape, shape, "label map")
+        ids = np.unique(masks)
+        ids = ids[ids != 0]
+        if len(ids) == 0:
+            raise CaptionerInputError("the label map has no regions (every pixel is 0 = background)")
+        return [int(i) for i in ids], masks[None] == ids[:, None, None]
+    if isinstance(masks, np.ndarray) and masks.ndim == 2:
+        masks = [masks]
+    stack = list(masks) if not isinstance(masks, np.ndarray) else list(masks)
+    if not stack:
+        raise CaptionerInputError("no masks given: pass at least one region")
+    for i, mask in enumerate(stack):
+        if not isinstance(mask, np.ndarray) or mask.ndim != 2:
+            raise CaptionerInputError(f"mask {i} must be a 2-D numpy array")
+        if mask.dtype != bool:
+            raise CaptionerInputError(f"mask {i} must be bool, got {mask.dtype}; use mask > 0, or pass an integer "
+                                      f"label map instead of a list")
+        _check_shape(mask.shape, shape, f"mask {i}")
+        if not mask.any():
+            raise CaptionerInputError(f"mask {i} is empty: it selects no pixel")
+    return list(range(1, len(stack) + 1)), np.stack(stack)
+
+
+def _check_shape(got, expected, what: str) -> None:
+    if tuple(got) != tuple(expected):
+        raise CaptionerInputError(f"{what} is {got[1]}x{got[0]} but the image is {expected[1]}x{expected[0]}; "
+                                  f"masks must match the image size")

@@ -1,0 +1,111 @@
+"""Training batches drawn fresh from the scene generator: frames, region masks, prompts and target captions."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..model.inputs import region_inputs
+from ..tasks import ATTRIBUTE_TASK, ATTRIBUTES, DENSE_TASK, GLOBAL_TASK, prompt_for
+from .scenes import CATEGORIES, COLORS, POSITIONS, SIZES, TEXTURES, Scene, SceneGenerator
+
+# Auxiliary heads: one classifier per closed-vocabulary attribute (relative location is open-ended).
+AUX_CLASSES = {
+    "category": list(CATEGORIES),
+    "color": list(COLORS),
+    "texture": list(TEXTURES),
+    "size": list(SIZES),
+    "position": [p for row in POSITIONS for p in row],
+}
+
+
+class TokenCache:
+    """Prompts and captions repeat constantly; tokenise each distinct string once."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.eos_id = tokenizer.eos_token_id
+        self._encode = lru_cache(maxsize=100_000)(self._encode_uncached)
+
+    def _encode_uncached(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._encode(text))
+
+
+def region_samples(scene: Scene, rng: np.random.Generator, p_global: float, p_dense: float):
+    """(mask or None, task, attribute, caption, object) tuples: one per object plus sometimes the whole image."""
+    samples = []
+    if rng.random() < p_global:
+        samples.append((None, GLOBAL_TASK, None, scene.global_caption(), None))
+    for obj in scene.objects:
+        if rng.random() < p_dense:
+            samples.append((scene.mask(obj.region_id), DENSE_TASK, None, obj.dense_caption(), obj))
+        else:
+            attribute = ATTRIBUTES[rng.integers(len(ATTRIBUTES))]
+            samples.append((scene.mask(obj.region_id), ATTRIBUTE_TASK, attribute, obj.attribute(attribute), obj))
+    return samples
+
+
+def collate(scenes: list[Scene], samples_per_scene: list[list], tokens: TokenCache, side: int,
+            pad_id: int) -> dict[str, torch.Tensor]:
+    masks, frame_index, sequences, prompt_lengths, aux = [], [], [], [], []
+    for frame, samples in enumerate(samples_per_scene):
+        shape = scenes[frame].labels.shape
+        for mask, task, attribute, caption, obj in samples:
+            masks.append(np.ones(shape, dtype=bool) if mask is None else mask)
+            frame_index.append(frame)
+            prompt = tokens.encode(prompt_for(task, attribute))
+            sequences.append(prompt + tokens.encode(caption) + [tokens.eos_id])
+            prompt_lengths.append(len(prompt))
+            aux.append([values.index(obj.attribute(name)) if obj is not None else -100
+                        for name, values in AUX_CLASSES.items()])
+    coverage, boxes, _ = region_inputs(np.stack(masks), side)
+    length = max(len(s) for s in sequences)
+    token_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), length), dtype=torch.long)
+    labels = torch.full((len(sequences), length), -100, dtype=torch.long)
+    for i, (seq, plen) in enumerate(zip(sequences, prompt_lengths)):
+        token_ids[i, :len(seq)] = torch.tensor(seq)
+        attention[i, :len(seq)] = 1
+        labels[i, plen:len(seq)] = torch.tensor(seq[plen:])
+    return {
+        "images": torch.from_numpy(np.stack([s.image for s in scenes])),
+        "masks": coverage,
+        "boxes": boxes,
+        "frame_index": torch.tensor(frame_index),
+        "token_ids": token_ids,
+        "attention": attention,
+        "labels": labels,
+        "aux_labels": torch.tensor(aux, dtype=torch.long),
+    }
+
+
+class SceneBatches(IterableDataset):
+    """An endless stream of batches; each worker and each DDP rank draws its own scenes."""
+
+    def __init__(self, tokenizer, scenes_per_batch: int, side: int, seed: int, rank: int = 0,
+                 p_global: float = 0.25, p_dense: float = 0.3, scene_size: int = 256):
+        self.tokenizer = tokenizer
+        self.scenes_per_batch = scenes_per_batch
+        self.side = side
+        self.seed = seed
+        self.rank = rank
+        self.p_global = p_global
+        self.p_dense = p_dense
+        self.scene_size = scene_size
+
+    def __iter__(self):
+        worker = get_worker_info()
+        stream = np.random.SeedSequence([self.seed, self.rank, worker.id if worker else 0])
+        rng = np.random.default_rng(stream)
+        generator = SceneGenerator(self.scene_size, self.scene_size, split="train", seed=rng.integers(2**32))
+        tokens = TokenCache(self.tokenizer)
+        pad_id = self.tokenizer.pad_token_id
+        while True:
+            scenes = [generator.sample() for _ in range(self.scenes_per_batch)]
+            samples = [region_samples(s, rng, self.p_global, self.p_dense) for s in scenes]
+            yield collate(scenes, samples, tokens, self.side, pad_id)

@@ -1,0 +1,75 @@
+"""One JSON config for the whole FineCaption model: a transformers config per tower plus the fusion settings."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from transformers import AutoConfig, PretrainedConfig
+
+CONFIG_NAME = "config.json"
+MASK_MODES = ("mask", "box", "none")  # "box" and "none" exist for the ablations in the README
+
+
+def tower_config(spec: dict | PretrainedConfig) -> PretrainedConfig:
+    """A transformers config from a plain dict that names its `model_type`."""
+    if isinstance(spec, PretrainedConfig):
+        return spec
+    spec = dict(spec)
+    model_type = spec.pop("model_type")
+    return AutoConfig.for_model(model_type, **spec)
+
+
+@dataclass
+class FineCaptionConfig:
+    mask_encoder: dict  # CLIP or SigLIP vision config; image_size is the low-res view's side
+    hr_encoder: dict  # ConvNeXt config; `hr_image_size` is the high-res view's side
+    decoder: dict  # causal LM config (Llama family by default)
+    sam_encoder: dict | None = None  # optional second high-res tower (SAM ViT image encoder)
+    hr_image_size: int = 256
+    use_hr: bool = True  # False gives the low-res-only ablation
+    mask_mode: str = "mask"
+    context_grid: int | None = 4  # fused feature map pooled to this grid; None keeps every cell as a token
+    region_grid: int = 4  # RoI-aligned cells per side inside the region's box
+    roi_sampling: int = 4  # bilinear samples per cell side (RoI-Align)
+    shape_grid: int = 8  # the mask inside its box, resampled to this grid, feeds the region summary token
+    region_feature_stage: int = 1  # ConvNeXt hidden state used for region cells (1 = stride 4)
+    adapter_hidden: int = 256
+    aux_classes: dict[str, list[str]] = field(default_factory=dict)  # auxiliary attribute heads for training
+    image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    name: str = "finecaption"
+
+    def __post_init__(self):
+        if self.mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {self.mask_mode!r}")
+        self.image_mean = tuple(self.image_mean)
+        self.image_std = tuple(self.image_std)
+
+    @property
+    def lr_image_size(self) -> int:
+        return int(self.mask_encoder["image_size"])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FineCaptionConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown FineCaption config keys: {sorted(unknown)}")
+        return cls(**data)
+
+    def save(self, directory: str | Path) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FineCaptionConfig":
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"no FineCaption config at {path}")
+        return cls.from_dict(json.loads(path.read_text()))

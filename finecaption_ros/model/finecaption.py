@@ -1,0 +1,181 @@
+"""FineCaption: mask-aware low-res ViT + high-res ConvNeXt (+ SAM) -> fused visual tokens -> causal LM decoder.
+
+The forward pass is split where the cost is: `encode_frames` runs once per frame (no mask), `visual_tokens` runs
+once per region and reuses its frame's features, and the decoder turns visual tokens + prompt into a caption.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .config import FineCaptionConfig, tower_config
+from .fusion import RegionFusion
+from .hr_encoder import HighResEncoder
+from .inputs import normalise_frames
+from .mask_encoder import MaskAwareViT
+
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class FrameFeatures:
+    coarse: torch.Tensor | None  # (F, C, h, w)
+    fine: torch.Tensor | None  # (F, C', H', W')
+
+
+class FineCaptionModel(nn.Module):
+    def __init__(self, config: FineCaptionConfig, mask_encoder: MaskAwareViT | None = None,
+                 hr_encoder: HighResEncoder | None = None, decoder: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.mask_encoder = mask_encoder or MaskAwareViT.from_config(tower_config(config.mask_encoder))
+        if config.use_hr:
+            sam = tower_config(config.sam_encoder) if config.sam_encoder else None
+            self.hr_encoder = hr_encoder or HighResEncoder.from_config(
+                tower_config(config.hr_encoder), sam, config.region_feature_stage)
+        else:
+            self.hr_encoder = None
+        self.decoder = decoder or AutoModelForCausalLM.from_config(tower_config(config.decoder))
+        width = self.decoder.config.hidden_size
+        self.fusion = RegionFusion(
+            vit_channels=self.mask_encoder.hidden_size,
+            hr_channels=self.hr_encoder.out_channels if self.hr_encoder else 0,
+            fine_channels=self.hr_encoder.fine_channels if self.hr_encoder else 0,
+            width=width, adapter_hidden=config.adapter_hidden, context_grid=config.context_grid,
+            region_grid=config.region_grid, roi_sampling=config.roi_sampling, shape_grid=config.shape_grid)
+        # Auxiliary attribute classifiers on the summary token: a training signal only, never used to caption.
+        self.aux_heads = nn.ModuleDict({name: nn.Linear(width, len(values))
+                                        for name, values in config.aux_classes.items()})
+
+    # ---- vision -------------------------------------------------------------------------------------------------
+    def encode_frames(self, hr_pixels: torch.Tensor | None) -> FrameFeatures:
+        if self.hr_encoder is None or hr_pixels is None:
+            return FrameFeatures(None, None)
+        coarse, fine = self.hr_encoder(hr_pixels)
+        return FrameFeatures(coarse, fine)
+
+    def visual_tokens(self, lr_pixels: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
+                      frames: FrameFeatures, frame_index: torch.Tensor) -> torch.Tensor:
+        """lr_pixels (F,3,s,s) per frame; masks (R,1,S,S) float at the high-res side; boxes (R,4) normalised;
+        frame_index (R,) which frame each region belongs to -> (R, T, width)."""
+        masks, boxes = self.apply_mask_mode(masks, boxes)
+        lr_size = self.config.lr_image_size
+        lr_masks = F.interpolate(masks, size=(lr_size, lr_size), mode="area")
+        vit_map = self.mask_encoder(lr_pixels[frame_index], lr_masks)
+        coarse = frames.coarse[frame_index] if frames.coarse is not None else None
+        fine = frames.fine[frame_index] if frames.fine is not None else None
+        return self.fusion(vit_map, coarse, fine, masks, boxes)
+
+    def apply_mask_mode(self, masks: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ablations: "box" replaces each mask by its filled box, "none" by the whole image."""
+        mode = self.config.mask_mode
+        if mode == "mask":
+            return masks, boxes
+        if mode == "none":
+            return torch.ones_like(masks), torch.tensor([0.0, 0.0, 1.0, 1.0]).expand_as(boxes).to(boxes)
+        side = masks.shape[-1]
+        coords = (torch.arange(side, device=masks.device, dtype=masks.dtype) + 0.5) / side
+        inside_x = (coords[None] >= boxes[:, 0:1]) & (coords[None] <= boxes[:, 2:3])
+        inside_y = (coords[None] >= boxes[:, 1:2]) & (coords[None] <= boxes[:, 3:4])
+        return (inside_y[:, :, None] & inside_x[:, None, :]).unsqueeze(1).to(masks.dtype), boxes
+
+    def aux_logits(self, visual: torch.Tensor) -> dict[str, torch.Tensor]:
+        summary = visual[:, -1]
+        return {name: head(summary) for name, head in self.aux_heads.items()}
+
+    # ---- decoder ------------------------------------------------------------------------------------------------
+    def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.decoder.get_input_embeddings()(token_ids)
+
+    def caption_loss(self, visual: torch.Tensor, token_ids: torch.Tensor, attention: torch.Tensor,
+                     labels: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced loss. token_ids/attention/labels (R,L) right-padded prompt+caption; labels -100 on the
+        prompt and padding."""
+        embeds = torch.cat([visual, self.embed_tokens(token_ids)], dim=1)
+        visual_mask = torch.ones(visual.shape[:2], dtype=attention.dtype, device=attention.device)
+        attention = torch.cat([visual_mask, attention], dim=1)
+        ignore = torch.full(visual.shape[:2], -100, dtype=labels.dtype, device=labels.device)
+        out = self.decoder(inputs_embeds=embeds, attention_mask=attention, labels=torch.cat([ignore, labels], 1))
+        return out.loss
+
+    def forward(self, images, masks, boxes, frame_index, token_ids, attention, labels, aux_labels=None,
+                aux_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss for a batch of frames (uint8 B,H,W,3) and their regions; see `data/batches.py`."""
+        config = self.config
+        hr = normalise_frames(images, config.hr_image_size, config.image_mean, config.image_std)
+        lr = normalise_frames(images, config.lr_image_size, config.image_mean, config.image_std)
+        frames = self.encode_frames(hr if config.use_hr else None)
+        visual = self.visual_tokens(lr, masks, boxes, frames, frame_index)
+        loss = self.caption_loss(visual, token_ids, attention, labels)
+        stats = {"caption": loss.item()}
+        if aux_labels is None or not self.aux_heads:
+            return loss, stats
+        for column, (name, logits) in enumerate(self.aux_logits(visual).items()):
+            target = aux_labels[:, column]
+            keep = target >= 0
+            # Every head joins the graph (DDP expects all parameters to get gradients), even with no target.
+            aux = F.cross_entropy(logits, target, ignore_index=-100) if keep.any() else logits.sum() * 0
+            loss = loss + aux_weight * aux
+            if keep.any():
+                stats[f"acc_{name}"] = (logits[keep].argmax(-1) == target[keep]).float().mean().item()
+        return loss, stats
+
+    # ---- persistence --------------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save(directory)
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(_untie(state), str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(directory))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "FineCaptionModel":
+        directory = Path(directory)
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}: is this a FineCaption model directory?")
+        model = cls(FineCaptionConfig.load(directory))
+        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+        missing = [k for k in missing if not _is_tied_copy(model, k)]
+        if missing or unexpected:
+            raise ValueError(f"{weights} does not match its config: missing {missing[:5]}, unexpected "
+                             f"{unexpected[:5]}")
+        return model.eval()
+
+
+def load_tokenizer(directory: str | Path):
+    return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+
+
+def weights_digest(directory: str | Path) -> str:
+    """Short content hash of a model directory's weights: identifies a model in messages and engine manifests."""
+    digest = hashlib.sha256()
+    with open(Path(directory) / WEIGHTS_NAME, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses shared storage (tied embeddings): keep one copy of each storage."""
+    seen, result = set(), {}
+    for key, tensor in state.items():
+        ptr = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if ptr in seen:
+            continue
+        seen.add(ptr)
+        result[key] = tensor
+    return result
+
+
+def _is_tied_copy(model: nn.Module, key: str) -> bool:
+    return key.endswith("lm_head.weight") and getattr(model.decoder.config, "tie_word_embeddings", False)

@@ -1,0 +1,173 @@
+"""Training: fresh synthetic scenes every step, caption loss plus auxiliary attribute losses.
+
+Runs on one CPU process, or under `torchrun` with DistributedDataParallel (gloo on CPU, nccl on GPUs).
+Checkpoints are ordinary model directories (loadable by `Captioner.from_pretrained`) plus `trainer_state.pt`,
+from which `--resume` continues.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .data.batches import AUX_CLASSES, SceneBatches
+from .data.scenes import world_texts
+from .model.config import FineCaptionConfig
+from .model.finecaption import FineCaptionModel, load_tokenizer
+from .model.tokenizer import build_word_tokenizer
+
+TRAINER_STATE = "trainer_state.pt"
+PACKAGE_CONFIGS = Path(__file__).parent / "configs"
+
+
+@dataclass
+class TrainSettings:
+    config: str = str(PACKAGE_CONFIGS / "tiny.json")
+    out: str = "runs/tiny"
+    steps: int = 3000
+    scenes_per_batch: int = 8
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.2  # a high floor: the probe kept learning late in the schedule
+    warmup: int = 100
+    weight_decay: float = 0.01
+    aux_weight: float = 0.5
+    checkpoint_every: int = 500
+    seed: int = 0
+    threads: int | None = None
+    workers: int = 1
+    resume: bool = False
+    mask_mode: str | None = None  # ablations override the config's
+    use_hr: bool | None = None
+    max_minutes: float | None = None
+
+
+class DistributedContext:
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = torch.device("cpu")
+        if self.world > 1:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend)
+            if backend == "nccl":
+                self.device = torch.device("cuda", self.local_rank)
+                torch.cuda.set_device(self.device)
+        elif torch.cuda.is_available():
+            self.device = torch.device("cuda")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def close(self):
+        if self.world > 1:
+            dist.destroy_process_group()
+
+
+def new_model(settings: TrainSettings):
+    tokenizer = build_word_tokenizer(world_texts())
+    config = FineCaptionConfig.load(settings.config)
+    config.decoder = dict(config.decoder, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config.aux_classes = AUX_CLASSES
+    if settings.mask_mode is not None:
+        config.mask_mode = settings.mask_mode
+    if settings.use_hr is not None:
+        config.use_hr = settings.use_hr
+    return FineCaptionModel(config), tokenizer
+
+
+def learning_rate(step: int, settings: TrainSettings) -> float:
+    if step < settings.warmup:
+        return settings.lr * (step + 1) / settings.warmup
+    progress = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
+    floor = settings.lr * settings.min_lr_ratio
+    return floor + (settings.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def save_checkpoint(model, tokenizer, optimizer, step: int, settings: TrainSettings, elapsed: float) -> None:
+    out = Path(settings.out)
+    model.save_pretrained(out, tokenizer)
+    torch.save({"optimizer": optimizer.state_dict(), "step": step, "elapsed_s": elapsed,
+                "settings": asdict(settings)}, out / TRAINER_STATE)
+
+
+def train(settings: TrainSettings) -> Path:
+    ctx = DistributedContext()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    out = Path(settings.out)
+    start_step, elapsed_before = 0, 0.0
+    if settings.resume and (out / TRAINER_STATE).is_file():
+        model = FineCaptionModel.from_pretrained(out).train()
+        tokenizer = load_tokenizer(out)
+        state = torch.load(out / TRAINER_STATE, map_location="cpu")
+        start_step, elapsed_before = state["step"], state["elapsed_s"]
+    else:
+        if settings.resume and ctx.main:
+            print(f"no {TRAINER_STATE} in {out}; starting from scratch")
+        model, tokenizer = new_model(settings)
+        state = None
+    model.to(ctx.device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    # The towers' pooling heads (CLIP post-layernorm, ConvNeXt final norm) feed nothing we use.
+    net = DistributedDataParallel(model, find_unused_parameters=True) if ctx.world > 1 else model
+    data = SceneBatches(tokenizer, settings.scenes_per_batch, model.config.hr_image_size,
+                        seed=settings.seed + start_step, rank=ctx.rank)
+    loader = DataLoader(data, batch_size=None, num_workers=settings.workers,
+                        persistent_workers=settings.workers > 0)
+    if ctx.main:
+        params = sum(p.numel() for p in model.parameters())
+        print(f"training {model.config.name} ({params / 1e6:.2f}M parameters) on {ctx.device} x{ctx.world}, "
+              f"steps {start_step}->{settings.steps}, out {out}")
+    bar = tqdm(total=settings.steps, initial=start_step, disable=not ctx.main, dynamic_ncols=True)
+    began = time.monotonic()
+    step = start_step
+    samples = 0
+    for batch in loader:
+        if step >= settings.steps:
+            break
+        if settings.max_minutes and (time.monotonic() - began) / 60 >= settings.max_minutes:
+            if ctx.main:
+                print(f"stopping at step {step}: --max-minutes {settings.max_minutes} reached")
+            break
+        batch = {k: v.to(ctx.device) for k, v in batch.items()}
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, settings)
+        loss, stats = net(**batch, aux_weight=settings.aux_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        samples += len(batch["frame_index"]) * ctx.world
+        if ctx.main:
+            rate = samples / max(1e-9, time.monotonic() - began)
+            bar.set_postfix(loss=f"{loss.item():.3f}", regions_s=f"{rate:.0f}",
+                            **{k: f"{v:.2f}" for k, v in stats.items() if k.startswith("acc_")})
+            bar.update(1)
+            if step % settings.checkpoint_every == 0 or step == settings.steps:
+                save_checkpoint(model, tokenizer, optimizer, step, settings,
+                                elapsed_before + time.monotonic() - began)
+    if ctx.main:
+        bar.close()
+        elapsed = elapsed_before + time.monotonic() - began
+        save_checkpoint(model, tokenizer, optimizer, step, settings, elapsed)
+        summary = {"steps": step, "wall_time_s": round(elapsed, 1), "regions_seen": samples}
+        (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"saved {out} after {step} steps, {elapsed / 60:.1f} min")
+    ctx.close()
+    return out

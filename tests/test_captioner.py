@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+
+from finecaption_ros.captioner import Captioner, CaptionerInputError
+from finecaption_ros.data.scenes import SceneGenerator
+
+
+@pytest.fixture(scope="module")
+def random_captioner(random_model_dir):
+    return Captioner.from_pretrained(random_model_dir)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return SceneGenerator(split="eval", seed=11).sample()
+
+
+def test_one_result_per_region_and_attribute_with_geometry(random_captioner, scene):
+    results = random_captioner.caption(scene.image, scene.labels, task="attribute", attributes=["color", "size"])
+    ids = sorted(o.region_id for o in scene.objects)
+    assert [(r.region_id, r.attribute) for r in results] == [(i, a) for i in ids for a in ("color", "size")]
+    for r in results:
+        mask = scene.labels == r.region_id
+        ys, xs = np.nonzero(mask)
+        assert r.bbox == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+        assert r.mask_area == mask.sum()
+        assert 0.0 < r.confidence <= 1.0
+        assert {"preprocess", "frame_encoder", "region_encoder", "decoder", "total"} <= set(r.timings_ms)
+
+
+def test_batched_decoding_matches_each_region_alone(random_captioner, scene):
+    """All regions x attributes decode as one padded batch; each must get exactly what it would get alone."""
+    batched = random_captioner.caption(scene.image, scene.labels, task="attribute",
+                                       attributes=["color", "relative_location"])
+    for r in batched:
+        alone = random_captioner.caption(scene.image, [scene.labels == r.region_id], task="attribute",
+                                         attributes=[r.attribute])[0]
+        assert alone.caption == r.caption
+        assert alone.confidence == pytest.approx(r.confidence, rel=1e-4)
+
+
+def test_overlapping_bool_masks_and_label_maps_agree(random_captioner, scene):
+    ids = sorted(o.region_id for o in scene.objects)
+    from_labels = random_captioner.caption(scene.image, scene.labels, task="dense")
+    from_list = random_captioner.caption(scene.image, [scene.labels == i for i in ids], task="dense")
+    assert [r.caption for r in from_labels] == [r.caption for r in from_list]
+    assert [r.region_id for r in from_list] == list(range(1, len(ids) + 1))
+    union = scene.labels > 0  # overlaps another mask entirely: allowed
+    assert len(random_captioner.caption(scene.image, [union, scene.labels == ids[0]])) == 2
+
+
+def test_any_image_size(random_captioner):
+    image = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    labels = np.zeros((480, 640), dtype=np.uint16)
+    labels[100:200, 300:420] = 700
+    [result] = random_captioner.caption(image, labels)
+    assert result.region_id == 700 and result.bbox == (300, 100, 120, 100)
+
+
+def test_global_task_describes_the_whole_frame(random_captioner, scene):
+    [result] = random_captioner.caption(scene.image, task="global")
+    assert result.region_id == 0 and result.bbox == (0, 0, 256, 256) and result.mask_area == 256 * 256
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda c, s: c.caption(s.image[..., :2], s.labels), "HxWx3"),
+    (lambda c, s: c.caption(s.image.astype(np.float32), s.labels), "uint8"),
+    (lambda c, s: c.caption(s.image, s.labels[:-1]), "must match the image size"),
+    (lambda c, s: c.caption(s.image, np.zeros_like(s.labels)), "no regions"),
+    (lambda c, s: c.caption(s.image, []), "no masks"),
+    (lambda c, s: c.caption(s.image, [np.zeros(s.labels.shape, bool)]), "empty"),
+    (lambda c, s: c.caption(s.image, s.labels.astype(np.float32)), "integers"),
+    (lambda c, s: c.caption(s.image, s.labels, task="poem"), "unknown task"),
+    (lambda c, s: c.caption(s.image, s.labels, task="attribute"), "needs attributes"),
+    (lambda c, s: c.caption(s.image, s.labels, task="attribute", attributes=["smell"]), "unknown attribute"),
+    (lambda c, s: c.caption(s.image, None), "need masks"),
+])
+def test_invalid_input_raises_one_clear_error(random_captioner, scene, call, message):
+    with pytest.raises(CaptionerInputError, match=message):
+        call(random_captioner, scene)
+
+
+def test_missing_model_directory_and_unknown_backend(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Captioner.from_pretrained(tmp_path / "nope")
+    with pytest.raises(ValueError, match="unknown backend"):
+        Captioner.from_pretrained(backend="cuda-magic")
+
+
+# ---- the embedded default model ----------------------------------------------------------------------------
+
+def test_default_model_is_embedded_and_small():
+    from finecaption_ros.captioner import DEFAULT_MODEL_DIR
+
+    weights = DEFAULT_MODEL_DIR / "model.safetensors"
+    assert weights.is_file() and weights.stat().st_size <= 30 * 1024 * 1024
+
+
+def test_two_masks_on_one_image_get_different_correct_captions(default_captioner):
+    """The same frame, two different regions: the captions must follow the mask."""
+    generator = SceneGenerator(split="eval", seed=5)
+    for _ in range(20):  # find a scene whose first two objects differ in colour and category
+        scene = generator.sample()
+        a, b = scene.objects[:2]
+        if a.color != b.color and a.category != b.category:
+            break
+    first = default_captioner.caption(scene.image, [scene.mask(a.region_id)], task="attribute",
+                                      attributes=["color", "category"])
+    second = default_captioner.caption(scene.image, [scene.mask(b.region_id)], task="attribute",
+                                       attributes=["color", "category"])
+    assert [r.caption for r in first] == [a.color, a.category]
+    assert [r.caption for r in second] == [b.color, b.category]
+
+
+def test_default_model_captions_fresh_scenes_correctly(default_captioner):
+    generator = SceneGenerator(split="eval", seed=1234)
+    right = total = 0
+    for _ in range(5):
+        scene = generator.sample()
+        for r in default_captioner.caption(scene.image, scene.labels, task="dense"):
+            obj = next(o for o in scene.objects if o.region_id == r.region_id)
+            right += r.caption == obj.dense_caption()
+            total += 1
+    assert right / total >= 0.7, f"{right}/{total} dense captions exact"

@@ -1,0 +1,57 @@
+import json
+
+import numpy as np
+
+from finecaption_ros.cli import main
+from finecaption_ros.data.compositioncap import load_compositioncap
+from finecaption_ros.evaluate import evaluate
+from finecaption_ros.tasks import ATTRIBUTES
+
+
+def test_evaluation_report_has_every_split(random_model_dir):
+    from finecaption_ros.captioner import Captioner
+
+    report = evaluate(Captioner.from_pretrained(random_model_dir), n=3, seed=7, progress=False)
+    attribute = report["attribute"]
+    counts = attribute["counts"]
+    assert {"all", "seen"} <= set(attribute["accuracy"])
+    assert counts.get("touching", 0) + counts.get("apart", 0) == counts["all"]
+    assert counts.get("seen", 0) + counts.get("novel", 0) == counts["all"]
+    assert set(ATTRIBUTES) <= set(attribute["accuracy"])
+    assert sum(attribute["counts"][a] for a in ATTRIBUTES) == attribute["counts"]["all"]
+    for task in ("attribute", "dense", "global"):
+        scores = report[task]["scores"]
+        assert {"bleu4", "rouge_l", "cider_d", "meteor"} <= set(scores)
+        assert 0.0 <= scores["bleu4"] <= 1.0
+    assert 0.0 <= report["global"]["accuracy"]["count"] <= 1.0
+
+
+def test_demo_data_round_trips_through_the_compositioncap_loader(tmp_path):
+    assert main(["demo-data", "--out", str(tmp_path), "--n", "3", "--seed", "2"]) == 0
+    records = load_compositioncap(tmp_path / "annotations.json", tmp_path)
+    assert len(records) == 3
+    from PIL import Image
+
+    labels = np.asarray(Image.open(tmp_path / "masks" / "000000.png"))
+    for region in records[0].regions:
+        assert np.array_equal(region.mask, labels == region.region_id)
+        assert set(region.attribute_captions) == set(ATTRIBUTES)
+
+
+def test_caption_command_prints_json(random_model_dir, capsys):
+    assert main(["caption", "--model", str(random_model_dir), "--demo-seed", "3", "--task", "attribute",
+                 "--attributes", "color,size", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["backend"] == "torch"
+    assert {c["attribute"] for c in printed["captions"]} == {"color", "size"}
+
+
+def test_caption_command_reports_bad_input(random_model_dir, tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "image.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "masks.png")
+    code = main(["caption", "--model", str(random_model_dir), "--image", str(tmp_path / "image.png"),
+                 "--masks", str(tmp_path / "masks.png")])
+    assert code == 2
+    assert "must match the image size" in capsys.readouterr().err

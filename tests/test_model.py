@@ -1,0 +1,90 @@
+import torch
+from torch import nn
+
+from finecaption_ros.model.config import FineCaptionConfig, tower_config
+from finecaption_ros.model.finecaption import FineCaptionModel
+from finecaption_ros.model.fusion import roi_align
+from finecaption_ros.model.mask_encoder import MaskAwarePatchEmbedding, MaskAwareViT
+from finecaption_ros.train import PACKAGE_CONFIGS, TrainSettings, new_model
+
+
+def test_mask_conv_starts_at_zero_so_a_pretrained_vit_is_unchanged():
+    config = FineCaptionConfig.load(PACKAGE_CONFIGS / "tiny.json")
+    vit = MaskAwareViT.from_config(tower_config(config.mask_encoder))
+    patch = vit.tower.embeddings.patch_embedding
+    assert isinstance(patch, MaskAwarePatchEmbedding)
+    assert torch.count_nonzero(patch.mask.weight) == 0
+    pixels = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        with_mask = vit(pixels, torch.ones(2, 1, 128, 128))
+        without = vit(pixels, torch.zeros(2, 1, 128, 128))
+    assert torch.equal(with_mask, without)
+    # Once trained, the mask changes the features.
+    with torch.no_grad():
+        patch.mask.weight.fill_(0.1)
+        assert not torch.allclose(vit(pixels, torch.ones(2, 1, 128, 128)), without)
+
+
+def test_roi_align_reads_the_box_it_is_given():
+    features = torch.zeros(1, 1, 8, 8)
+    features[..., 4:, 4:] = 1.0  # bottom-right quadrant lit
+    boxes = torch.tensor([[0.5, 0.5, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5]])
+    cells = roi_align(features.expand(2, -1, -1, -1), boxes, grid=2, sampling=2)
+    assert torch.allclose(cells[0], torch.ones(1, 2, 2), atol=1e-5)
+    assert torch.allclose(cells[1], torch.zeros(1, 2, 2), atol=1e-5)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model, tokenizer = new_model(TrainSettings())
+    model.save_pretrained(tmp_path, tokenizer)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in tmp_path.iterdir()}
+    loaded = FineCaptionModel.from_pretrained(tmp_path)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert loaded.config == model.config
+
+
+def test_ablation_variants_build_and_run():
+    images = torch.randint(0, 255, (1, 256, 256, 3), dtype=torch.uint8)
+    masks = torch.zeros(2, 1, 256, 256)
+    masks[0, :, 10:60, 20:80] = 1
+    masks[1, :, 100:200, 100:140] = 1
+    boxes = torch.tensor([[20 / 256, 10 / 256, 80 / 256, 60 / 256], [100 / 256, 100 / 256, 140 / 256, 200 / 256]])
+    tokens = []
+    for mask_mode, use_hr in (("mask", True), ("box", True), ("none", True), ("mask", False)):
+        model, _ = new_model(TrainSettings(mask_mode=mask_mode, use_hr=use_hr))
+        assert (model.hr_encoder is not None) == use_hr
+        from finecaption_ros.model.inputs import normalise_frames
+        c = model.config
+        hr = normalise_frames(images, c.hr_image_size, c.image_mean, c.image_std)
+        lr = normalise_frames(images, c.lr_image_size, c.image_mean, c.image_std)
+        with torch.no_grad():
+            visual = model.visual_tokens(lr, masks, boxes, model.encode_frames(hr), torch.zeros(2, dtype=torch.long))
+        tokens.append(visual.shape)
+    assert len(set(tokens)) == 1  # every variant gives the decoder the same number of visual tokens
+
+
+def test_box_mode_replaces_the_mask_by_its_box():
+    model, _ = new_model(TrainSettings(mask_mode="box"))
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[0, 0, 4, 4:12] = 1  # a line: its box is 8 wide, 1 high
+    mask[0, 0, 4:12, 4] = 1
+    boxes = torch.tensor([[4 / 16, 4 / 16, 12 / 16, 12 / 16]])
+    filled, _ = model.apply_mask_mode(mask, boxes)
+    assert filled.sum() == 64 and filled[0, 0, 4:12, 4:12].all()
+
+
+def test_paper_sized_config_has_the_expected_parameter_count():
+    """FineCaption-8B's shape: ViT-L/14 at 336, ConvNeXt-Large at 1024, a LLaMA-3-8B-sized decoder, 1024 visual
+    tokens. Built on the meta device, so no memory is spent."""
+    config = FineCaptionConfig.load(PACKAGE_CONFIGS / "finecaption_8b.json")
+    with torch.device("meta"):
+        model = FineCaptionModel(config)
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(model.decoder) == 8_030_261_248  # LLaMA-3-8B, untied embeddings, 128256 tokens
+    assert 303_000_000 < count(model.mask_encoder) < 305_000_000  # CLIP ViT-L/14-336 vision tower + mask conv
+    assert 195_000_000 < count(model.hr_encoder) < 197_000_000  # ConvNeXt-Large backbone
+    assert 8.5e9 < count(model) < 8.7e9
+    hr_grid = config.hr_image_size // 32  # ConvNeXt downsamples by 32
+    assert hr_grid * hr_grid == 1024 and config.context_grid is None
