@@ -1,0 +1,1 @@
+"""FineCaption model: towers, fusion, decoder, decode loop."""
