@@ -32,7 +32,8 @@ POSITIONS = (
     ("left", "center", "right"),
     ("bottom left", "bottom", "bottom right"),
 )
-COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight",
+               9: "nine", 10: "ten"}
 
 # Held out of training: every category and every colour still appears, only these pairings are new.
 NOVEL_PAIRS = frozenset(
