@@ -40,7 +40,11 @@ def cmd_caption(args) -> int:
     else:
         print("give --image (and --masks) or --demo-seed N", file=sys.stderr)
         return 2
-    captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir)
+    try:
+        captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir)
+    except (FileNotFoundError, ImportError, RuntimeError) as error:  # EngineError is a RuntimeError
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     attributes = args.attributes.split(",") if args.attributes else None
     try:
         results = captioner.caption(image, labels, task=args.task, attributes=attributes,

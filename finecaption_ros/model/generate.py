@@ -50,7 +50,7 @@ def greedy_decode(session: DecoderSession, visual, num_visual: int, prompts: lis
     finished = np.zeros(count, dtype=bool)
     tokens: list[list[int]] = [[] for _ in range(count)]
     probability_sums = np.zeros(count)
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
         probs = np.exp(shifted)
         probs /= probs.sum(axis=1, keepdims=True)
@@ -59,7 +59,7 @@ def greedy_decode(session: DecoderSession, visual, num_visual: int, prompts: lis
             tokens[i].append(int(chosen[i]))
             probability_sums[i] += probs[i, chosen[i]]
         finished |= chosen == eos_id
-        if finished.all():
+        if finished.all() or step == max_new_tokens - 1:
             break
         feed = np.where(finished, pad_id, chosen)[:, None].astype(np.int64)
         attention = np.concatenate([attention, np.ones((count, 1), dtype=np.int64)], axis=1)

@@ -1,0 +1,311 @@
+"""`finecaption export-onnx`: a model directory -> four ONNX graphs + config + tokenizer + manifest.
+
+Uses the TorchScript-based exporter (`torch.onnx.export(dynamo=False)`) at opset 17: it needs no extra package,
+folds every static shape into constants, and gives plain ops that both ONNX Runtime and TensorRT >= 10 run (checked
+by `trt_ops.graph_problems` after every export). After export the graphs are run once by ONNX Runtime and compared
+with torch; the relative errors are written into the manifest.
+
+Where the graphs go when nobody says (`default_engine_dir`): `<model_dir>/onnx` when that directory already holds
+an export of this model, otherwise a per-model user cache dir, `$FINECAPTION_CACHE` or
+`$XDG_CACHE_HOME/finecaption` (default `~/.cache/finecaption`) / `engines/<model name>-<weights digest[:12]>`.
+`ensure_onnx` exports there on first use (with a log line), so `--backend onnxruntime` works with nothing prepared.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..model.config import FineCaptionConfig
+from ..model.finecaption import FineCaptionModel, load_tokenizer, weights_digest
+from . import graphs as G
+from .manifest import (EXPORTER_VERSION, MANIFEST_NAME, ONNX_FORMAT, OnnxExportMissingError, graph_sha256,
+                       read_onnx_manifest, write_json)
+from .trt_ops import graph_problems
+
+log = logging.getLogger("finecaption.engines")
+
+DEFAULT_OPSET = 17
+_ONNX_DTYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 16: "bfloat16"}
+
+
+def cache_root() -> Path:
+    explicit = os.environ.get("FINECAPTION_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "finecaption"
+
+
+def default_engine_dir(model_dir: str | Path, digest: str | None = None) -> Path:
+    """`<model_dir>/onnx` if it already holds an export of this model, else the per-model cache directory."""
+    model_dir = Path(model_dir)
+    digest = digest or weights_digest(model_dir)
+    beside = model_dir / "onnx"
+    if _export_matches(beside, digest):
+        return beside
+    name = FineCaptionConfig.load(model_dir).name
+    return cache_root() / "engines" / f"{name}-{digest[:12]}"
+
+
+def _export_matches(onnx_dir: Path, digest: str) -> bool:
+    try:
+        manifest = read_onnx_manifest(onnx_dir)
+    except OnnxExportMissingError:
+        return False
+    return manifest.get("model", {}).get("digest") == digest and manifest.get("exporter_version") == EXPORTER_VERSION
+
+
+def ensure_onnx(model_dir: str | Path, engine_dir: str | Path | None = None, export_if_missing: bool = True) -> Path:
+    """The ONNX dir to run `model_dir` from, exporting into it first when it holds no export of this model.
+
+    An explicit `engine_dir` that holds an export of a *different* model (or an older exporter) is never
+    overwritten: that raises, naming the fix.
+    """
+    model_dir = Path(model_dir)
+    digest = weights_digest(model_dir)
+    onnx_dir = Path(engine_dir) if engine_dir is not None else default_engine_dir(model_dir, digest)
+    if _export_matches(onnx_dir, digest):
+        return onnx_dir
+    holds_other = (onnx_dir / MANIFEST_NAME).is_file()
+    if holds_other and engine_dir is not None:
+        raise OnnxExportMissingError(
+            f"{onnx_dir} holds an ONNX export of another model or exporter version (this model's weights are "
+            f"{digest[:12]}); re-export with `finecaption export-onnx --model {model_dir} --out {onnx_dir}` or "
+            f"pass another --engine-dir")
+    if not export_if_missing:
+        raise OnnxExportMissingError(f"no ONNX export of {model_dir} in {onnx_dir}; create it with "
+                                     f"`finecaption export-onnx --model {model_dir} --out {onnx_dir}`")
+    log.warning("no ONNX export of %s in %s: exporting now (once; `finecaption export-onnx` does it ahead of time)",
+                model_dir, onnx_dir)
+    export_onnx(model_dir, onnx_dir)
+    return onnx_dir
+
+
+# ---- export -----------------------------------------------------------------------------------------------------
+def example_inputs(model: FineCaptionModel, frames: int = 2, regions: int = 3, prompt: int = 5, seed: int = 0):
+    """Small random inputs of the right shapes and dtypes for every graph (sizes > 1 so no axis gets specialised)."""
+    config = model.config
+    generator = torch.Generator().manual_seed(seed)
+    S, s = config.hr_image_size, config.lr_image_size
+    hr = torch.randn(frames, 3, S, S, generator=generator)
+    lr = torch.randn(frames, 3, s, s, generator=generator)
+    masks = (torch.rand(regions, 1, S, S, generator=generator) > 0.6).float()
+    corners = torch.rand(regions, 2, generator=generator) * 0.5
+    boxes = torch.cat([corners, corners + 0.2 + torch.rand(regions, 2, generator=generator) * 0.3], dim=1)
+    frame_index = torch.arange(regions) % frames
+    vocab = model.decoder.config.vocab_size
+    prompt_ids = torch.randint(4, vocab, (regions, prompt), generator=generator)
+    return {"hr": hr, "lr": lr, "masks": masks, "boxes": boxes, "frame_index": frame_index, "prompt_ids": prompt_ids}
+
+
+def graph_specs(model: FineCaptionModel) -> dict:
+    """Per graph: input names, output names and dynamic axes (symbolic names shared with the manifest)."""
+    layers = model.decoder.config.num_hidden_layers
+    past, present = G.cache_names(layers, "past_key_values"), G.cache_names(layers, "present")
+    hr_names = ["coarse", "fine"] if model.hr_encoder is not None else []
+    frame_axes = {"hr_pixels": {0: "frames"}, "coarse": {0: "frames"}, "fine": {0: "frames"}}
+    region_axes = {"lr_pixels": {0: "frames"}, "masks": {0: "regions"}, "boxes": {0: "regions"},
+                   "frame_index": {0: "regions"}, "coarse": {0: "frames"}, "fine": {0: "frames"},
+                   "visual": {0: "regions"}}
+    prefill_axes = {"visual": {0: "batch"}, "prompt_ids": {0: "batch", 1: "prompt"},
+                    "attention_mask": {0: "batch", 1: "sequence"}, "position_ids": {0: "batch", 1: "sequence"},
+                    "logits": {0: "batch"}, **{n: {0: "batch", 2: "sequence"} for n in present}}
+    step_axes = {"input_ids": {0: "batch"}, "attention_mask": {0: "batch", 1: "total"},
+                 "position_ids": {0: "batch"}, "logits": {0: "batch"},
+                 **{n: {0: "batch", 2: "past"} for n in past}, **{n: {0: "batch", 2: "total"} for n in present}}
+    specs = {}
+    if model.hr_encoder is not None:
+        specs[G.FRAME_ENCODER] = (["hr_pixels"], ["coarse", "fine"], frame_axes)
+    specs[G.REGION_ENCODER] = (["lr_pixels", "masks", "boxes", "frame_index"] + hr_names, ["visual"],
+                               {k: v for k, v in region_axes.items() if k not in ("coarse", "fine") or hr_names})
+    specs[G.DECODER_PREFILL] = (["visual", "prompt_ids", "attention_mask", "position_ids"], ["logits"] + present,
+                                prefill_axes)
+    specs[G.DECODER_STEP] = (["input_ids", "attention_mask", "position_ids"] + past, ["logits"] + present, step_axes)
+    return specs
+
+
+def _torch_reference(model: FineCaptionModel, inputs: dict) -> dict[str, tuple]:
+    """(args, torch outputs) per graph, from the model's own eager code paths (the parity references)."""
+    from transformers import DynamicCache
+
+    refs = {}
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # `past_key_values` renamed `cache` in newer transformers
+        frames = model.encode_frames(inputs["hr"] if model.hr_encoder is not None else None)
+        if model.hr_encoder is not None:
+            refs[G.FRAME_ENCODER] = ((inputs["hr"],), (frames.coarse, frames.fine))
+        visual = model.visual_tokens(inputs["lr"], inputs["masks"], inputs["boxes"], frames, inputs["frame_index"])
+        hr_args = (frames.coarse, frames.fine) if model.hr_encoder is not None else ()
+        refs[G.REGION_ENCODER] = ((inputs["lr"], inputs["masks"], inputs["boxes"], inputs["frame_index"], *hr_args),
+                                  (visual,))
+        # Left-pad one sequence so padding, masking and positions are exercised.
+        prompt_ids = inputs["prompt_ids"]
+        count, num_visual = prompt_ids.shape[0], visual.shape[1]
+        prompt_mask = torch.ones_like(prompt_ids)
+        prompt_mask[0, :2] = 0
+        attention = torch.cat([torch.ones(count, num_visual, dtype=torch.long), prompt_mask], dim=1)
+        positions = (attention.cumsum(1) - 1).clamp_min(0)
+        embeds = torch.cat([visual, model.embed_tokens(prompt_ids)], dim=1)
+        cache = DynamicCache()
+        out = model.decoder(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
+                            past_key_values=cache, use_cache=True)
+        presents = _cache_tensors(cache)
+        refs[G.DECODER_PREFILL] = ((visual, prompt_ids, attention, positions), (out.logits[:, -1], *presents))
+        step_ids = out.logits[:, -1].argmax(-1, keepdim=True)
+        step_attention = torch.cat([attention, torch.ones(count, 1, dtype=torch.long)], dim=1)
+        step_positions = positions[:, -1:] + 1
+        step = model.decoder(input_ids=step_ids, attention_mask=step_attention, position_ids=step_positions,
+                             past_key_values=cache, use_cache=True)
+        refs[G.DECODER_STEP] = ((step_ids, step_attention, step_positions, *presents),
+                                (step.logits[:, -1], *_cache_tensors(cache)))
+    return refs
+
+
+def _cache_tensors(cache) -> list[torch.Tensor]:
+    tensors = []
+    for layer in cache.layers:
+        tensors += [layer.keys.clone(), layer.values.clone()]
+    return tensors
+
+
+def _graph_module(name: str, model: FineCaptionModel) -> torch.nn.Module:
+    return {G.FRAME_ENCODER: G.FrameEncoderGraph, G.REGION_ENCODER: G.RegionEncoderGraph,
+            G.DECODER_PREFILL: G.DecoderPrefillGraph, G.DECODER_STEP: G.DecoderStepGraph}[name](model).eval()
+
+
+def relative_error(actual, expected) -> float:
+    """max |a - e| / max |e|: the error relative to the tensor's scale (elementwise ratios explode near zero)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if actual.shape != expected.shape:
+        raise ValueError(f"shape {actual.shape} != {expected.shape}")
+    scale = max(float(np.abs(expected).max(initial=0.0)), 1e-12)
+    return float(np.abs(actual - expected).max(initial=0.0)) / scale
+
+
+def _value_infos(values) -> list[dict]:
+    infos = []
+    for value in values:
+        tensor = value.type.tensor_type
+        shape = [d.dim_param if d.dim_param else int(d.dim_value) for d in tensor.shape.dim]
+        infos.append({"name": value.name, "dtype": _ONNX_DTYPES.get(tensor.elem_type, str(tensor.elem_type)),
+                      "shape": shape})
+    return infos
+
+
+def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET, verify: bool = True,
+                progress=None) -> dict:
+    """Exports `model_dir` into `out_dir`; returns the manifest (also written as `out_dir/manifest.json`)."""
+    import onnx
+
+    if opset < 17:
+        raise ValueError(f"opset {opset} < 17: LayerNormalization needs opset 17")
+    say = progress or (lambda message: log.info("%s", message))
+    started = time.perf_counter()
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)  # a half-written export must not look valid
+    model = FineCaptionModel.from_pretrained(model_dir).float().eval()
+    tokenizer = load_tokenizer(model_dir)
+    inputs = example_inputs(model)
+    refs = _torch_reference(model, inputs)
+    specs = graph_specs(model)
+    graphs = {}
+    for name, (input_names, output_names, axes) in specs.items():
+        path = out_dir / f"{name}.onnx"
+        say(f"exporting {name} -> {path}")
+        args, _ = refs[name]
+        graph_started = time.perf_counter()
+        with warnings.catch_warnings(), torch.no_grad(), _static_resize_sizes():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_graph_module(name, model), args, str(path), dynamo=False, opset_version=opset,
+                              input_names=input_names, output_names=output_names, dynamic_axes=axes,
+                              do_constant_folding=True)
+        onnx.shape_inference.infer_shapes_path(str(path), str(path))
+        graph = onnx.load(str(path), load_external_data=False).graph
+        graphs[name] = {"file": path.name, "sha256": graph_sha256(path), "bytes": _graph_bytes(path),
+                        "export_seconds": round(time.perf_counter() - graph_started, 2),
+                        "inputs": _value_infos(graph.input), "outputs": _value_infos(graph.output)}
+        problems = graph_problems(path)
+        if problems:
+            raise RuntimeError(f"{path} is not TensorRT-compatible: " + "; ".join(problems[:8]))
+    FineCaptionConfig.save(model.config, out_dir)
+    tokenizer.save_pretrained(str(out_dir))
+    decoder_config = model.decoder.config
+    attn = model.decoder.model.layers[0].self_attn
+    manifest = {
+        "format": ONNX_FORMAT,
+        "exporter_version": EXPORTER_VERSION,
+        "model": {"name": model.config.name, "digest": weights_digest(model_dir), "source": str(model_dir)},
+        "opset": opset,
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
+        "num_visual_tokens": int(refs[G.REGION_ENCODER][1][0].shape[1]),
+        "hidden_size": int(decoder_config.hidden_size),
+        "vocab_size": int(decoder_config.vocab_size),
+        "num_layers": int(decoder_config.num_hidden_layers),
+        "num_key_value_heads": int(decoder_config.num_key_value_heads),
+        "head_dim": int(attn.head_dim),
+        "max_position_embeddings": int(getattr(decoder_config, "max_position_embeddings", 0) or 0),
+        "hr_image_size": model.config.hr_image_size,
+        "lr_image_size": model.config.lr_image_size,
+        "use_hr": model.hr_encoder is not None,
+        "eos_id": tokenizer.eos_token_id,
+        "pad_id": tokenizer.pad_token_id,
+        "graphs": graphs,
+    }
+    if verify:
+        say("checking the graphs with ONNX Runtime against torch")
+        manifest["verification"] = verify_export(out_dir, refs)
+    manifest["export_seconds"] = round(time.perf_counter() - started, 2)
+    write_json(out_dir / MANIFEST_NAME, manifest)
+    say(f"exported {model.config.name} to {out_dir} in {manifest['export_seconds']:.1f} s")
+    return manifest
+
+
+@contextlib.contextmanager
+def _static_resize_sizes():
+    """While tracing, `F.interpolate(x, size=y.shape[-2:])` records the size as a shape computation; the exporter
+    needs it constant for `mode="area"` (adaptive pooling). Every spatial size in these graphs is static (fixed
+    image sizes), so the sizes are made plain ints for the duration of the export."""
+    functional = torch.nn.functional
+    original = functional.interpolate
+
+    def interpolate(input, size=None, *args, **kwargs):
+        if size is not None and not isinstance(size, int):
+            size = tuple(int(s) for s in size)
+        elif size is not None:
+            size = int(size)
+        return original(input, size, *args, **kwargs)
+
+    functional.interpolate = interpolate
+    try:
+        yield
+    finally:
+        functional.interpolate = original
+
+
+def _graph_bytes(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+
+
+def verify_export(out_dir: Path, refs: dict) -> dict[str, float]:
+    """Max relative error (see `relative_error`) of each graph's outputs, ONNX Runtime vs torch, fp32."""
+    import onnxruntime as ort
+
+    errors = {}
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    for name, (args, expected) in refs.items():
+        session = ort.InferenceSession(str(out_dir / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
+        feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)}
+        got = session.run(None, feeds)
+        errors[name] = max(relative_error(g, e.numpy()) for g, e in zip(got, expected))
+    return errors

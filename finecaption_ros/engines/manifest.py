@@ -1,0 +1,178 @@
+"""Manifests beside the exported graphs and the TensorRT plans, and the errors the engine layer raises.
+
+ONNX dir (`export-onnx`): `manifest.json` names the model (weights digest), opset, exporter version and, per graph,
+its file, sha256, size and I/O names/dtypes/shapes (symbolic axes as strings).
+
+Plan dir (`build-engine`): `<onnx dir>/tensorrt/<key>/` with one `.plan` per graph and a `manifest.json`; the key
+(`plan_key`) is TensorRT version + GPU name + compute capability + precision, so plans for several GPUs can sit
+side by side, and the manifest also records the sha256 of each ONNX graph the plans were built from and the
+optimisation-profile limits.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.json"
+ONNX_FORMAT = "finecaption-onnx"
+PLAN_FORMAT = "finecaption-tensorrt-plans"
+EXPORTER_VERSION = 1  # bump when the graphs' I/O contract changes; older exports are then re-exported/refused
+
+
+class EngineError(RuntimeError):
+    """Base class for engine-layer errors; messages name the problem and the command that fixes it."""
+
+
+class BackendUnavailableError(EngineError):
+    """The requested backend's runtime (onnxruntime, tensorrt, a CUDA GPU) is not available here."""
+
+
+class OnnxExportMissingError(EngineError):
+    """No usable ONNX export where one was expected."""
+
+
+class PlanMismatchError(EngineError):
+    """The TensorRT plans on disk do not match this GPU / TensorRT / precision / ONNX export."""
+
+
+class PlanLoadError(EngineError):
+    """A plan file exists but cannot be read or deserialized."""
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def graph_sha256(path: str | Path) -> str:
+    """sha256 of a graph file, and of its external-data file when the graph keeps its weights outside."""
+    path = Path(path)
+    digest = sha256_file(path)
+    data = path.with_name(path.name + ".data")
+    if data.is_file():
+        digest = hashlib.sha256((digest + sha256_file(data)).encode()).hexdigest()
+    return digest
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def write_json(path: Path, data: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def read_onnx_manifest(onnx_dir: str | Path) -> dict:
+    """The export manifest, or OnnxExportMissingError naming the fix."""
+    onnx_dir = Path(onnx_dir)
+    path = onnx_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise OnnxExportMissingError(f"no ONNX export in {onnx_dir} (no {MANIFEST_NAME}); create it with "
+                                     f"`finecaption export-onnx --model MODEL_DIR --out {onnx_dir}`")
+    try:
+        manifest = read_json(path)
+    except (OSError, ValueError) as error:
+        raise OnnxExportMissingError(f"{path} is unreadable ({error}); re-export with "
+                                     f"`finecaption export-onnx --model MODEL_DIR --out {onnx_dir}`") from error
+    if manifest.get("format") != ONNX_FORMAT:
+        raise OnnxExportMissingError(f"{path} is not a FineCaption ONNX manifest (format "
+                                     f"{manifest.get('format')!r})")
+    missing = [g["file"] for g in manifest.get("graphs", {}).values() if not (onnx_dir / g["file"]).is_file()]
+    if missing:
+        raise OnnxExportMissingError(f"{onnx_dir} lacks {', '.join(missing)} listed in its manifest; re-export with "
+                                     f"`finecaption export-onnx --model MODEL_DIR --out {onnx_dir}`")
+    return manifest
+
+
+# ---- TensorRT plans ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RuntimeTarget:
+    """What a plan is tied to: TensorRT serialises engines for one TensorRT version and one GPU architecture."""
+    tensorrt: str
+    gpu: str
+    compute_capability: str  # "8.7"
+    precision: str  # "fp32" | "fp16"
+
+
+def plan_key(target: RuntimeTarget) -> str:
+    gpu = re.sub(r"[^a-z0-9]+", "-", target.gpu.lower()).strip("-") or "gpu"
+    return f"trt{target.tensorrt}_{gpu}_sm{target.compute_capability.replace('.', '')}_{target.precision}"
+
+
+@dataclass
+class PlanLimits:
+    """Optimisation-profile maxima baked into the plans (every dynamic axis has a min/opt/max)."""
+    max_frames: int = 1
+    max_regions: int = 16  # regions per region-encoder call (more are run in chunks)
+    max_batch: int = 64  # sequences decoded together (captioner.MAX_BATCH)
+    max_prompt: int = 32  # prompt tokens
+    max_new_tokens: int = 32  # generated tokens
+
+    def max_sequence(self, num_visual: int) -> int:
+        return num_visual + self.max_prompt + self.max_new_tokens
+
+
+@dataclass
+class PlanManifest:
+    target: RuntimeTarget
+    onnx_sha256: dict[str, str]
+    model_digest: str
+    limits: PlanLimits
+    plans: dict[str, str] = field(default_factory=dict)  # graph -> file name
+    workspace_mib: int = 0
+    build_seconds: float = 0.0
+    format: str = PLAN_FORMAT
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PlanManifest":
+        if data.get("format") != PLAN_FORMAT:
+            raise ValueError(f"format {data.get('format')!r} is not {PLAN_FORMAT!r}")
+        return cls(target=RuntimeTarget(**data["target"]), onnx_sha256=dict(data["onnx_sha256"]),
+                   model_digest=data["model_digest"], limits=PlanLimits(**data["limits"]),
+                   plans=dict(data.get("plans", {})), workspace_mib=int(data.get("workspace_mib", 0)),
+                   build_seconds=float(data.get("build_seconds", 0.0)))
+
+    def save(self, plan_dir: Path) -> None:
+        write_json(Path(plan_dir) / MANIFEST_NAME, self.to_dict())
+
+    @classmethod
+    def load(cls, plan_dir: Path) -> "PlanManifest":
+        path = Path(plan_dir) / MANIFEST_NAME
+        try:
+            return cls.from_dict(read_json(path))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise PlanLoadError(f"plan manifest {path} is unreadable: {error}") from error
+
+
+def plan_mismatches(manifest: PlanManifest, target: RuntimeTarget, onnx_sha256: dict[str, str],
+                    limits: PlanLimits | None = None) -> list[str]:
+    """Human-readable differences between plans on disk and what is running / wanted; empty when they match."""
+    found = []
+    for name in ("tensorrt", "gpu", "compute_capability", "precision"):
+        have, want = getattr(manifest.target, name), getattr(target, name)
+        if have != want:
+            label = {"tensorrt": "TensorRT version", "gpu": "GPU", "compute_capability": "compute capability",
+                     "precision": "precision"}[name]
+            found.append(f"{label}: plans built for {have!r}, running {want!r}")
+    for graph, sha in sorted(onnx_sha256.items()):
+        built = manifest.onnx_sha256.get(graph)
+        if built != sha:
+            found.append(f"ONNX graph {graph}: plans built from sha256 {str(built)[:12]}, export is {sha[:12]}")
+    if limits is not None:
+        for name, want in asdict(limits).items():
+            have = getattr(manifest.limits, name)
+            if want > have:
+                found.append(f"{name}: plans allow {have}, {want} requested")
+    return found

@@ -1,0 +1,126 @@
+"""ONNX export: files, manifest, I/O contract, TensorRT-compatible ops, default directories."""
+import json
+import logging
+import shutil
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from finecaption_ros.engines import OnnxExportMissingError, load_backend
+from finecaption_ros.engines.export import default_engine_dir, ensure_onnx
+from finecaption_ros.engines.graphs import GRAPHS, cache_names
+from finecaption_ros.engines.manifest import graph_sha256, read_onnx_manifest
+from finecaption_ros.engines.trt_ops import MAX_OPSET, MIN_OPSET, TENSORRT_SUPPORTED_OPS, graph_ops, graph_problems
+from finecaption_ros.model.finecaption import weights_digest
+
+
+def test_export_writes_graphs_config_tokenizer_and_manifest(onnx_dir, random_model_dir):
+    manifest = read_onnx_manifest(onnx_dir)
+    assert set(manifest["graphs"]) == set(GRAPHS)
+    assert manifest["model"]["digest"] == weights_digest(random_model_dir)
+    assert MIN_OPSET <= manifest["opset"] <= MAX_OPSET
+    for name, graph in manifest["graphs"].items():
+        assert graph["sha256"] == graph_sha256(onnx_dir / graph["file"])
+        assert graph["bytes"] == (onnx_dir / graph["file"]).stat().st_size
+        model = onnx.load(str(onnx_dir / graph["file"]), load_external_data=False)
+        assert [i.name for i in model.graph.input] == [i["name"] for i in graph["inputs"]]
+        assert [o.name for o in model.graph.output] == [o["name"] for o in graph["outputs"]]
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (onnx_dir / name).is_file()
+    assert json.loads((onnx_dir / "config.json").read_text()) == json.loads(
+        (random_model_dir / "config.json").read_text())
+    # the export checks itself against torch and records the result
+    assert max(manifest["verification"].values()) < 1e-4
+
+
+def test_decoder_graphs_carry_the_kv_cache_with_dynamic_axes(onnx_dir):
+    manifest = read_onnx_manifest(onnx_dir)
+    layers = manifest["num_layers"]
+    io = {name: ({i["name"]: i for i in g["inputs"]}, {o["name"]: o for o in g["outputs"]})
+          for name, g in manifest["graphs"].items()}
+    prefill_in, prefill_out = io["decoder_prefill"]
+    step_in, step_out = io["decoder_step"]
+    assert list(prefill_in) == ["visual", "prompt_ids", "attention_mask", "position_ids"]
+    assert list(prefill_out) == ["logits"] + cache_names(layers, "present")
+    assert list(step_in) == ["input_ids", "attention_mask", "position_ids"] + cache_names(layers, "past_key_values")
+    assert list(step_out) == ["logits"] + cache_names(layers, "present")
+    heads, head_dim = manifest["num_key_value_heads"], manifest["head_dim"]
+    assert step_in["past_key_values.0.key"]["shape"] == ["batch", heads, "past", head_dim]
+    assert step_out["present.0.value"]["shape"] == ["batch", heads, "total", head_dim]
+    assert prefill_out["present.1.key"]["shape"] == ["batch", heads, "sequence", head_dim]
+    assert prefill_in["visual"]["shape"] == ["batch", manifest["num_visual_tokens"], manifest["hidden_size"]]
+    assert prefill_out["logits"]["shape"] == ["batch", manifest["vocab_size"]]
+    region_in, region_out = io["region_encoder"]
+    assert region_in["masks"]["shape"][0] == "regions" and region_in["lr_pixels"]["shape"][0] == "frames"
+    assert region_out["visual"]["shape"][0] == "regions"
+    assert io["frame_encoder"][0]["hr_pixels"]["shape"] == ["frames", 3, manifest["hr_image_size"],
+                                                           manifest["hr_image_size"]]
+
+
+def test_every_op_in_every_graph_is_supported_by_tensorrt(onnx_dir):
+    for name in GRAPHS:
+        path = onnx_dir / f"{name}.onnx"
+        assert graph_problems(path) == [], name
+        assert graph_ops(path) <= TENSORRT_SUPPORTED_OPS
+
+
+def _one_node_graph(tmp_path, node, opset=17, extra_inputs=()):
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])] + list(extra_inputs)
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = tmp_path / f"{node.op_type}_{opset}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
+    return path
+
+
+def test_the_op_check_catches_what_tensorrt_refuses(tmp_path):
+    unsupported = _one_node_graph(tmp_path, helper.make_node("Unique", ["x"], ["y"]))
+    assert any("Unique" in p and "not supported" in p for p in graph_problems(unsupported))
+    scales = helper.make_tensor_value_info("scales", TensorProto.FLOAT, [4])
+    antialias = _one_node_graph(tmp_path, helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear",
+                                                           antialias=1), opset=18, extra_inputs=[scales])
+    assert any("antialias" in p for p in graph_problems(antialias))
+    old = _one_node_graph(tmp_path, helper.make_node("Relu", ["x"], ["y"]), opset=13)
+    assert any("opset 13" in p for p in graph_problems(old))
+    custom = _one_node_graph(tmp_path, helper.make_node("MyOp", ["x"], ["y"], domain="com.example"))
+    assert any("custom domain" in p for p in graph_problems(custom))
+
+
+def test_default_engine_dir_prefers_an_export_beside_the_model(random_model_dir, onnx_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("FINECAPTION_CACHE", str(tmp_path / "cache"))
+    expected = tmp_path / "cache" / "engines" / f"finecaption-tiny-{weights_digest(random_model_dir)[:12]}"
+    assert default_engine_dir(random_model_dir) == expected
+    model = tmp_path / "model"
+    shutil.copytree(random_model_dir, model)
+    shutil.copytree(onnx_dir, model / "onnx")
+    assert default_engine_dir(model) == model / "onnx"
+
+
+def test_missing_export_is_exported_on_first_use_with_a_log_line(random_model_dir, monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("FINECAPTION_CACHE", str(tmp_path / "cache"))
+    with caplog.at_level(logging.WARNING, logger="finecaption.engines"):
+        backend = load_backend("onnxruntime", random_model_dir)
+    assert backend.onnx_dir == default_engine_dir(random_model_dir)
+    assert backend.onnx_dir.is_relative_to(tmp_path / "cache")
+    assert any("exporting now" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="finecaption.engines"):
+        again = load_backend("onnxruntime", random_model_dir)  # found this time: no second export
+    assert again.onnx_dir == backend.onnx_dir and not caplog.records
+
+
+def test_missing_or_foreign_exports_raise_with_the_fix(random_model_dir, onnx_dir, tmp_path):
+    with pytest.raises(OnnxExportMissingError, match="finecaption export-onnx --model"):
+        ensure_onnx(random_model_dir, tmp_path / "empty", export_if_missing=False)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    manifest = json.loads((onnx_dir / "manifest.json").read_text())
+    manifest["model"]["digest"] = "0" * 64
+    (foreign / "manifest.json").write_text(json.dumps(manifest))
+    for graph in manifest["graphs"].values():
+        (foreign / graph["file"]).write_bytes((onnx_dir / graph["file"]).read_bytes())
+    with pytest.raises(OnnxExportMissingError, match="another model"):
+        ensure_onnx(random_model_dir, foreign)
+    (foreign / "decoder_step.onnx").unlink()
+    with pytest.raises(OnnxExportMissingError, match="lacks decoder_step.onnx"):
+        read_onnx_manifest(foreign)

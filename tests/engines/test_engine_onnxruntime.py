@@ -1,0 +1,164 @@
+"""ONNX Runtime backend vs torch: encoder outputs and logits within 1e-4 relative error (fp32), identical greedy
+tokens on fresh scenes, the shared decode loop, and a clear error without onnxruntime.
+
+Relative error is max|ort - torch| / max|torch| over a tensor (elementwise ratios are meaningless near zero).
+"""
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from finecaption_ros.captioner import Captioner
+from finecaption_ros.data.scenes import SceneGenerator
+from finecaption_ros.engines import BackendUnavailableError, load_backend
+from finecaption_ros.engines.export import example_inputs, relative_error
+from finecaption_ros.engines.ort_backend import OnnxRuntimeBackend, OrtDecoderSession
+from finecaption_ros.model.finecaption import FineCaptionModel
+from finecaption_ros.model.generate import TorchDecoderSession, greedy_decode
+
+TOLERANCE = 1e-4
+PARITY_SCENES = 20
+
+
+@pytest.fixture(scope="module")
+def torch_model(random_model_dir):
+    return FineCaptionModel.from_pretrained(random_model_dir)
+
+
+@pytest.fixture(scope="module")
+def ort_backend(onnx_dir):
+    return OnnxRuntimeBackend(onnx_dir)
+
+
+@pytest.mark.parametrize("frames,regions", [(1, 1), (1, 9), (3, 5)])
+def test_encoders_match_torch_for_any_frame_and_region_count(torch_model, ort_backend, frames, regions):
+    x = example_inputs(torch_model, frames=frames, regions=regions, seed=frames * 10 + regions)
+    with torch.inference_mode():
+        expected_frames = torch_model.encode_frames(x["hr"])
+        expected = torch_model.visual_tokens(x["lr"], x["masks"], x["boxes"], expected_frames, x["frame_index"])
+    got_frames = ort_backend.encode_frames(x["hr"])
+    assert relative_error(got_frames.coarse, expected_frames.coarse) < TOLERANCE
+    assert relative_error(got_frames.fine, expected_frames.fine) < TOLERANCE
+    got = ort_backend.visual_tokens(x["lr"], x["masks"], x["boxes"], got_frames, x["frame_index"])
+    assert got.shape == expected.shape
+    assert relative_error(got, expected) < TOLERANCE
+
+
+class Recording:
+    """Wraps a DecoderSession and keeps every logits array it returns."""
+
+    def __init__(self, session, log):
+        self.session, self.log = session, log
+
+    def prefill(self, *args):
+        self.log.append(self.session.prefill(*args))
+        return self.log[-1]
+
+    def step(self, *args):
+        self.log.append(self.session.step(*args))
+        return self.log[-1]
+
+
+def test_decoder_logits_and_tokens_match_torch_with_padding_and_cache(torch_model, ort_backend):
+    """Prompts of different lengths (left padding), 12 cached steps: logits at every call and the tokens."""
+    x = example_inputs(torch_model, frames=1, regions=4, seed=3)
+    x["frame_index"] = torch.zeros(4, dtype=torch.long)
+    with torch.inference_mode():
+        visual = torch_model.visual_tokens(x["lr"], x["masks"], x["boxes"], torch_model.encode_frames(x["hr"]),
+                                           x["frame_index"])
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14], [15, 16, 17, 18]]
+    logs = {"torch": [], "ort": []}
+    sessions = {"torch": TorchDecoderSession(torch_model), "ort": ort_backend.decoder_session()}
+    assert isinstance(sessions["ort"], OrtDecoderSession)
+    generations = {name: greedy_decode(Recording(session, logs[name]), visual, visual.shape[1], prompts,
+                                       eos_id=-1, pad_id=0, max_new_tokens=12)
+                   for name, session in sessions.items()}
+    assert len(logs["ort"]) == len(logs["torch"]) == 12  # prefill gives token 1, a step each for tokens 2..12
+    for got, expected in zip(logs["ort"], logs["torch"]):
+        assert relative_error(got, expected) < TOLERANCE
+    assert generations["ort"].token_ids == generations["torch"].token_ids
+    np.testing.assert_allclose(generations["ort"].confidences, generations["torch"].confidences, rtol=1e-4)
+
+
+class RecordingBackend:
+    """A captioner backend that records the logits of every decoder call (the greedy tokens are their argmax)."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.log = inner, inner.name, []
+
+    def encode_frames(self, hr):
+        return self.inner.encode_frames(hr)
+
+    def visual_tokens(self, *args):
+        return self.inner.visual_tokens(*args)
+
+    def decoder_session(self):
+        return Recording(self.inner.decoder_session(), self.log)
+
+
+def test_identical_greedy_tokens_on_fresh_scenes(parity_model_dir, parity_onnx_dir, random_model_dir):
+    captioners = {"torch": Captioner.from_pretrained(parity_model_dir),
+                  "onnxruntime": Captioner.from_pretrained(parity_model_dir, backend="onnxruntime",
+                                                           engine_dir=parity_onnx_dir)}
+    recorders = {}
+    for name, captioner in captioners.items():
+        recorders[name] = captioner.engine = RecordingBackend(captioner.engine)
+    generator = SceneGenerator(split="eval", seed=20240611)  # fresh: not a training seed
+    # an untrained model never emits EOS: cap its captions to keep the test short
+    max_new_tokens = 10 if parity_model_dir == random_model_dir else None
+    regions = 0
+    for index in range(PARITY_SCENES):
+        scene = generator.sample()
+        task, attributes = ("attribute", ["color", "relative_location"]) if index % 4 == 3 else ("dense", None)
+        results = {name: c.caption(scene.image, scene.labels, task=task, attributes=attributes,
+                                   max_new_tokens=max_new_tokens) for name, c in captioners.items()}
+        assert [r.caption for r in results["onnxruntime"]] == [r.caption for r in results["torch"]], index
+        regions += len(results["torch"])
+    torch_log, ort_log = recorders["torch"].log, recorders["onnxruntime"].log
+    assert len(torch_log) == len(ort_log)
+    for got, expected in zip(ort_log, torch_log):
+        assert np.array_equal(got.argmax(1), expected.argmax(1))  # identical greedy tokens at every step
+        assert relative_error(got, expected) < TOLERANCE
+    print(f"{PARITY_SCENES} scenes, {regions} captions, {len(torch_log)} decoder calls identical "
+          f"(model {parity_model_dir})")
+
+
+def test_captioner_runs_on_onnxruntime(random_model_dir, onnx_dir):
+    captioner = Captioner.from_pretrained(random_model_dir, backend="onnxruntime", engine_dir=onnx_dir)
+    assert captioner.backend == "onnxruntime"
+    scene = SceneGenerator(seed=5).sample()
+    results = captioner.caption(scene.image, scene.labels, task="attribute", attributes=["color", "size"],
+                                max_new_tokens=4)
+    assert len(results) == 2 * len(scene.objects)
+    assert all(0.0 < r.confidence <= 1.0 for r in results)
+    glob = captioner.caption(scene.image, task="global", max_new_tokens=4)
+    assert len(glob) == 1
+
+
+def test_ort_threads_follow_the_option(onnx_dir):
+    backend = OnnxRuntimeBackend(onnx_dir, num_threads=1)
+    options = backend.sessions["decoder_step"].get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert backend.providers[-1] == "CPUExecutionProvider"
+
+
+def test_without_onnxruntime_the_backend_says_how_to_get_it(random_model_dir, onnx_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    with pytest.raises(BackendUnavailableError, match="pip install onnxruntime"):
+        load_backend("onnxruntime", random_model_dir, onnx_dir)
+    with pytest.raises(BackendUnavailableError, match="pip install onnxruntime"):
+        Captioner.from_pretrained(random_model_dir, backend="onnxruntime", engine_dir=onnx_dir)
+
+
+def test_unknown_engine_backend_is_refused(random_model_dir):
+    with pytest.raises(ValueError, match="unknown engine backend"):
+        load_backend("openvino", random_model_dir)
+
+
+def test_options_of_the_other_backend_are_ignored_and_unknown_ones_refused(random_model_dir, onnx_dir):
+    backend = load_backend("onnxruntime", random_model_dir, onnx_dir, num_threads=1, precision="fp16",
+                           on_mismatch="refuse", max_regions=None)
+    assert backend.sessions["decoder_step"].get_session_options().intra_op_num_threads == 1
+    with pytest.raises(TypeError, match="unknown engine backend option"):
+        load_backend("onnxruntime", random_model_dir, onnx_dir, warp_speed=True)
