@@ -19,7 +19,7 @@ from .model.config import FineCaptionConfig
 from .model.finecaption import FineCaptionModel, FrameFeatures, load_tokenizer, weights_digest
 from .model.generate import DecoderSession, TorchDecoderSession, greedy_decode
 from .model.inputs import normalise_frames, region_inputs
-from .tasks import ATTRIBUTE_TASK, ATTRIBUTES, GLOBAL_TASK, TASKS, prompt_for, tidy_caption
+from .tasks import ATTRIBUTE_TASK, GLOBAL_TASK, TASKS, prompt_for, tidy_caption
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "checkpoints" / "default"
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -115,7 +115,7 @@ class Captioner:
 
     @property
     def supported_attributes(self) -> tuple[str, ...]:
-        return ATTRIBUTES
+        return tuple(self.config.attributes)
 
     # ---- the API ------------------------------------------------------------------------------------------------
     def caption(self, image: np.ndarray, masks=None, task: str = "dense", attributes: Sequence[str] | None = None,

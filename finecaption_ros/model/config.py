@@ -7,6 +7,8 @@ from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
+from ..tasks import ATTRIBUTES
+
 CONFIG_NAME = "config.json"
 MASK_MODES = ("mask", "box", "none")  # "box" and "none" exist for the ablations in the README
 
@@ -36,6 +38,7 @@ class FineCaptionConfig:
     region_feature_stage: int = 1  # ConvNeXt hidden state used for region cells (1 = stride 4)
     adapter_hidden: int = 256
     aux_classes: dict[str, list[str]] = field(default_factory=dict)  # auxiliary attribute heads for training
+    attributes: list[str] = field(default_factory=lambda: list(ATTRIBUTES))  # what the attribute task may ask
     image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
     name: str = "finecaption"
