@@ -1,0 +1,430 @@
+"""finecaption_node: captions the masked regions of paired image + instance-mask frames.
+
+Subscribes: `image` (sensor_msgs/Image: rgb8, bgr8, rgba8, bgra8, mono8) and `mask` (instance label image: mono8,
+mono16, 32SC1; 0 = background), paired by header stamp (exact, or within `sync_slop`).
+Publishes: `region_captions` (finecaption_ros/RegionCaptionArray, header copied from the image),
+`~/annotated_image` (when `publish_annotated`), `/diagnostics` (diagnostic_msgs/DiagnosticArray).
+Service: `~/caption_regions` (finecaption_ros/CaptionRegions).
+
+Inference runs on a worker thread. Latest-frame policy: at most one paired frame waits; a newer one replaces it and
+the older is counted as dropped. Bad input is logged in one line, counted in diagnostics and never stops the node.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import Image, RegionOfInterest
+
+from finecaption_ros.msg import RegionCaption, RegionCaptionArray
+from finecaption_ros.srv import CaptionRegions
+
+from ..ros_support.annotate import annotate
+from ..ros_support.errors import REJECT_REASONS, FrameError
+from ..ros_support.image_codec import check_image, check_mask, encode
+from ..ros_support.latest import LatestSlot
+from ..ros_support.pairing import IMAGE, MASK, StampPairer
+from ..ros_support.params import NODE_PARAMS, validate
+from ..ros_support.pipeline import CaptionPipeline, PipelineConfig
+from ..ros_support.stats import NodeStats
+from ..tasks import ATTRIBUTES
+from .common import descriptor, fill_image, qos_profile, stamp_ns
+
+NODE_NAME = "finecaption_node"
+PROBLEM_COUNTERS = ("empty_masks", "regions_below_min_area", "regions_over_limit", "unmatched_images",
+                    "unmatched_masks", "lost_images", "lost_masks")
+
+
+class StartupError(RuntimeError):
+    """The node cannot start (bad parameter, missing model); the message is the one log line."""
+
+
+@dataclass
+class _Frame:
+    image: Image
+    mask: Image
+    stamp_ns: int
+    received: float  # time.monotonic() when the pair formed
+    pairing_s: float  # executor-thread time of both callbacks (header checks + pairing)
+
+
+def load_captioner(model_path: str, backend: str, engine_dir: str, num_threads: int = 0, **engine_options):
+    """Captioner.from_pretrained with start-up errors turned into one clear line."""
+    try:
+        from ..captioner import Captioner
+    except ImportError as err:
+        raise StartupError(f"cannot import the captioner: {err}") from err
+    try:
+        options = {"num_threads": num_threads} if num_threads else {}
+        if backend == "tensorrt":  # the plan options mean nothing to the other backends
+            options.update(engine_options)
+        return Captioner.from_pretrained(path=model_path or None, backend=backend, engine_dir=engine_dir or None,
+                                         **options)
+    except FileNotFoundError as err:
+        raise StartupError(f"model not found: {err}") from err
+    except (ValueError, ImportError, RuntimeError, OSError) as err:
+        raise StartupError(f"cannot load the model (backend {backend!r}): {err}") from err
+
+
+class FineCaptionNode(Node):
+    def __init__(self, captioner=None, node_name: str = NODE_NAME, **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.stats = NodeStats()
+        self._known_attributes = tuple(ATTRIBUTES)
+        self._log_state: dict[str, tuple[float, int]] = {}
+        self._running = True
+        self._annotated_failed = False
+
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        try:
+            self.declare_parameters("", [(s.name, s.default, descriptor(s)) for s in NODE_PARAMS])
+        except Exception as err:  # rclpy's InvalidParameterValueException / InvalidParameterTypeException
+            raise StartupError(f"invalid parameter: {err}") from err
+        p = self.param_values()
+
+        self.captioner = captioner or load_captioner(p["model_path"], p["backend"], p["engine_dir"], p["num_threads"],
+                                                           precision=p["engine_precision"],
+                                                           on_mismatch=p["engine_on_mismatch"])
+        self.model_id = str(getattr(self.captioner, "model_id", "unknown"))
+        self.backend = str(getattr(self.captioner, "backend", p["backend"]))
+        self._known_attributes = tuple(getattr(self.captioner, "supported_attributes", ATTRIBUTES))
+        reason = validate({"attributes": p["attributes"]}, p, self._known_attributes)
+        if reason:
+            raise StartupError(f"invalid parameter: {reason}")
+        self.pipeline = CaptionPipeline(self.captioner, PipelineConfig.from_params(p))
+        self._warm_up()
+        self.pairer = StampPairer(int(p["sync_slop"] * 1e9), int(p["sync_timeout"] * 1e9), p["sync_queue_size"])
+        self.slot = LatestSlot()
+        if hasattr(self, "add_post_set_parameters_callback"):
+            self.add_post_set_parameters_callback(self._apply_parameters)
+
+        self._input_group = MutuallyExclusiveCallbackGroup()
+        self._service_group = MutuallyExclusiveCallbackGroup()
+        qos = qos_profile(p["qos"], p["qos_depth"])
+        for topic, callback in (("image", self._on_image), ("mask", self._on_mask)):
+            events = SubscriptionEventCallbacks(
+                message_lost=lambda info, topic=topic: self._on_lost(topic, info),
+                incompatible_qos=lambda info, topic=topic: self._on_incompatible(topic, info))
+            self.create_subscription(Image, topic, callback, qos, callback_group=self._input_group,
+                                     event_callbacks=events)
+        self.captions_pub = self.create_publisher(RegionCaptionArray, "region_captions", 50)
+        self.annotated_pub = self.create_publisher(Image, "~/annotated_image", 2)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(p["diagnostics_period"], self._publish_diagnostics, callback_group=self._input_group)
+        self.create_timer(0.1, self._expire, callback_group=self._input_group)
+        self.worker = threading.Thread(target=self._work, name="finecaption-inference", daemon=True)
+        self.worker.start()
+        # Created last: once the service is there, the node is ready.
+        self.create_service(CaptionRegions, "~/caption_regions", self._on_service,
+                            callback_group=self._service_group)
+        self.get_logger().info(
+            f"ready: model {self.model_id} ({self.backend}), task {p['task']}; "
+            f"{self.resolve_topic_name('image')} + {self.resolve_topic_name('mask')} -> "
+            f"{self.resolve_topic_name('region_captions')} (QoS {p['qos']})")
+
+    def _warm_up(self) -> None:
+        """One small caption before the node reports ready, so the first real frame is not the slow one."""
+        t0 = time.perf_counter()
+        image = np.zeros((64, 64, 3), np.uint8)
+        labels = np.zeros((64, 64), np.int32)
+        labels[16:48, 16:48] = 1
+        try:
+            self.captioner.caption(image, labels, task="dense", max_new_tokens=2)
+        except Exception as err:  # a model that cannot caption at all fails here, clearly, at start-up
+            raise StartupError(f"the model cannot caption a test frame: {type(err).__name__}: {err}") from err
+        self.get_logger().debug(f"warm-up took {time.perf_counter() - t0:.2f} s")
+
+    # ----------------------------------------------------------------------------------------------- parameters
+    def param_values(self) -> dict:
+        return {s.name: self.get_parameter(s.name).value for s in NODE_PARAMS if self.has_parameter(s.name)}
+
+    def _validate_parameters(self, params) -> SetParametersResult:
+        changes = {p.name: p.value for p in params}
+        if "attributes" in changes and changes["attributes"] is not None:
+            changes["attributes"] = list(changes["attributes"])
+        reason = validate(changes, self.param_values(), self._known_attributes)
+        if reason:
+            return SetParametersResult(successful=False, reason=reason)
+        if not hasattr(self, "add_post_set_parameters_callback") and hasattr(self, "pipeline"):
+            self._apply_values({**self.param_values(), **changes})
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params) -> None:
+        self._apply_values(self.param_values())
+
+    def _apply_values(self, values: dict) -> None:
+        self.pipeline.configure(PipelineConfig.from_params(values))
+        self.pairer.slop_ns = int(values["sync_slop"] * 1e9)
+        self.pairer.timeout_ns = int(values["sync_timeout"] * 1e9)
+        self.pairer.max_pending = int(values["sync_queue_size"])
+
+    # ----------------------------------------------------------------------------------------------- logging
+    def _log_problem(self, key: str, line: str, error: bool = False) -> None:
+        """One line per problem; the same kind of problem at most once a second (with the count it skipped)."""
+        now = time.monotonic()
+        last, skipped = self._log_state.get(key, (-1e9, 0))
+        if now - last < 1.0:
+            self._log_state[key] = (last, skipped + 1)
+            return
+        self._log_state[key] = (now, 0)
+        if skipped:
+            line += f" ({skipped} more like this in the last second)"
+        (self.get_logger().error if error else self.get_logger().warning)(line)
+
+    def _reject(self, err: FrameError, what: str = "frame") -> None:
+        self.stats.reject(err.reason, str(err))
+        self._log_problem(f"{what}_{err.reason}", f"{what} rejected ({err.reason}): {err}",
+                          error=err.reason == "captioner_error")
+
+    # ----------------------------------------------------------------------------------------------- inputs
+    def _on_image(self, msg: Image) -> None:
+        self._on_input(IMAGE, msg)
+
+    def _on_mask(self, msg: Image) -> None:
+        self._on_input(MASK, msg)
+
+    def _on_input(self, kind: str, msg: Image) -> None:
+        t0 = time.perf_counter()
+        self.stats.count("images_received" if kind == IMAGE else "masks_received")
+        self.stats.tick("images" if kind == IMAGE else "masks")
+        limit = self.pipeline.config.max_image_pixels
+        try:
+            (check_image if kind == IMAGE else check_mask)(msg, limit)
+        except FrameError as err:
+            self._reject(err, kind)
+            return
+        checked_s = time.perf_counter() - t0
+        result = self.pairer.add(kind, stamp_ns(msg.header.stamp), (msg, checked_s), time.monotonic_ns())
+        self._count_dropped(result.dropped)
+        if result.pair is None:
+            return
+        (image, image_s), (mask, mask_s) = result.pair
+        partner_s = mask_s if kind == IMAGE else image_s  # the executor time its partner's callback took
+        if (image.width, image.height) != (mask.width, mask.height):
+            self._reject(FrameError("size_mismatch", f"image is {image.width}x{image.height} but mask is "
+                                                     f"{mask.width}x{mask.height} (stamp {_stamp_text(image)})"))
+            return
+        self.stats.count("frames_paired")
+        self.stats.tick("paired")
+        frame = _Frame(image, mask, result.stamp_ns, time.monotonic(), time.perf_counter() - t0 + partner_s)
+        if self.slot.put(frame) is not None:
+            self.stats.count("frames_dropped")
+
+    def _on_lost(self, topic: str, info) -> None:
+        """DDS reports messages that never reached the node (e.g. the subscription queue overflowed)."""
+        n = int(info.total_count_change)
+        self.stats.problem(f"lost_{topic}s", f"{n} {topic} message(s) lost before reaching the node", n)
+
+    def _on_incompatible(self, topic: str, info) -> None:
+        self._log_problem(f"qos_{topic}", f"a publisher on {self.resolve_topic_name(topic)} has a QoS incompatible "
+                                           f"with this subscription ({self.get_parameter('qos').value}); "
+                                           "set the qos parameter to match it", error=True)
+
+    def _expire(self) -> None:
+        self._count_dropped(self.pairer.expire(time.monotonic_ns()))
+
+    def _count_dropped(self, dropped) -> None:
+        for item in dropped:
+            counter = "unmatched_images" if item.kind == IMAGE else "unmatched_masks"
+            partner = "mask" if item.kind == IMAGE else "image"
+            if item.why == "timeout":
+                line = (f"{item.kind} stamped {item.stamp_ns / 1e9:.6f} found no {partner} within sync_timeout "
+                        f"= {self.pairer.timeout_ns / 1e9:g} s; dropped")
+            elif item.why == "superseded":
+                line = (f"{item.kind} stamped {item.stamp_ns / 1e9:.6f} never got its {partner} before a newer "
+                        "pair formed; dropped")
+            elif item.why == "overflow":
+                line = (f"more than sync_queue_size = {self.pairer.max_pending} {item.kind}s wait for their "
+                        f"{partner}; the oldest ({item.stamp_ns / 1e9:.6f}) dropped")
+            else:
+                line = f"two {item.kind}s with the same stamp {item.stamp_ns / 1e9:.6f}; the older dropped"
+            self.stats.problem(counter, line)
+            self._log_problem(f"{counter}_{item.why}", line)
+
+    # ----------------------------------------------------------------------------------------------- worker
+    def _work(self) -> None:
+        while self._running:
+            frame = self.slot.take(timeout=0.25)
+            if frame is None:
+                continue
+            try:
+                self._caption_frame(frame)
+            except Exception as err:  # never let the worker die
+                self._reject(FrameError("captioner_error", f"captioning failed: {type(err).__name__}: {err}"))
+                self.get_logger().debug(traceback.format_exc())
+
+    def _caption_frame(self, frame: _Frame) -> None:
+        try:
+            result = self.pipeline.process_messages(frame.image, frame.mask)
+        except FrameError as err:
+            self._reject(err)
+            return
+        for counter, line, n in result.problems:
+            self.stats.problem(counter, line, n)
+            self._log_problem(counter, line)
+        t_publish = time.perf_counter()
+        msg = self.to_message(result, frame.image.header)
+        msg.processing_latency = time.monotonic() - frame.received
+        self.captions_pub.publish(msg)
+        publish_s = time.perf_counter() - t_publish
+        if self.get_parameter("publish_annotated").value:
+            self._publish_annotated(result, frame.image.header)
+        with self.stats.lock:
+            self.stats.counts["frames_captioned"] += 1
+            self.stats.counts["regions_captioned"] += result.computed
+            self.stats.counts["regions_reused"] += result.reused
+            self.stats.rates["captioned"].tick()
+            self.stats.latency_ms.add(msg.processing_latency * 1e3)
+            self.stats.inference_ms.add(result.inference_s * 1e3)
+            self.stats.overhead_ms.add((frame.pairing_s + result.decode_s + result.select_s + publish_s) * 1e3)
+
+    def _publish_annotated(self, result, header) -> None:
+        try:
+            drawn = annotate(result.image, result.labels, result.captions)
+            out = fill_image(Image(), encode(drawn, "rgb8"))
+            out.header = header
+            self.annotated_pub.publish(out)
+        except Exception as err:
+            if not self._annotated_failed:
+                self.get_logger().error(f"cannot draw the annotated image: {err}")
+                self._annotated_failed = True
+
+    def to_message(self, result, header) -> RegionCaptionArray:
+        msg = RegionCaptionArray()
+        msg.header = header
+        msg.model_id = self.model_id
+        msg.backend = self.backend
+        msg.inference_time = float(result.inference_s)
+        for c in result.captions:
+            x, y, w, h = c.bbox
+            msg.captions.append(RegionCaption(
+                region_id=int(c.region_id), task=c.task, attribute=c.attribute, caption=c.caption,
+                confidence=float(c.confidence),
+                bbox=RegionOfInterest(x_offset=int(x), y_offset=int(y), width=int(w), height=int(h)),
+                mask_area=int(c.mask_area), reused=bool(c.reused)))
+        return msg
+
+    # ----------------------------------------------------------------------------------------------- service
+    def _on_service(self, request, response):
+        t0 = time.monotonic()
+        try:
+            attributes = list(request.attributes) or None
+            result = self.pipeline.process_messages(request.image, request.mask, task=request.task or None,
+                                                    attributes=attributes, use_reuse=False)
+        except FrameError as err:
+            response.success = False
+            response.message = str(err)
+            self.stats.problem("service_errors", f"caption_regions refused: {err}")
+            self._log_problem("service", f"caption_regions request refused ({err.reason}): {err}")
+            return response
+        except Exception as err:
+            response.success = False
+            response.message = f"captioning failed: {type(err).__name__}: {err}"
+            self.stats.problem("service_errors", response.message)
+            self._log_problem("service", response.message, error=True)
+            return response
+        response.success = True
+        response.result = self.to_message(result, request.image.header)
+        response.result.processing_latency = time.monotonic() - t0
+        self.stats.count("service_calls")
+        return response
+
+    # ----------------------------------------------------------------------------------------------- diagnostics
+    def _publish_diagnostics(self) -> None:
+        snap = self.stats.snapshot()
+        counts, rates = snap["counts"], snap["rates"]
+        p = self.param_values()
+        status = DiagnosticStatus()
+        status.name = f"{self.get_fully_qualified_name().lstrip('/')}: region captioning"
+        status.hardware_id = self.model_id
+        if snap["problems_since_report"]:
+            status.level = DiagnosticStatus.WARN
+            status.message = snap["last_problem"]
+        else:
+            status.level = DiagnosticStatus.OK
+            status.message = (f"captioning {rates['captioned']:.1f} Hz, latency "
+                              f"{snap['latency_ms']['mean']:.0f} ms" if counts.get("frames_captioned")
+                              else "waiting for paired image + mask frames")
+        values = {
+            "model_id": self.model_id, "backend": self.backend, "task": p["task"],
+            "images_received": counts.get("images_received", 0), "masks_received": counts.get("masks_received", 0),
+            "frames_paired": counts.get("frames_paired", 0), "frames_captioned": counts.get("frames_captioned", 0),
+            "frames_dropped": counts.get("frames_dropped", 0), "frames_rejected": counts.get("frames_rejected", 0),
+        }
+        for reason in REJECT_REASONS:
+            values[f"rejected_{reason}"] = snap["rejected"].get(reason, 0)
+        for name in PROBLEM_COUNTERS + ("regions_captioned", "regions_reused", "service_calls", "service_errors"):
+            values[name] = counts.get(name, 0)
+        values.update({
+            "image_rate_hz": f"{rates['images']:.2f}", "mask_rate_hz": f"{rates['masks']:.2f}",
+            "paired_rate_hz": f"{rates['paired']:.2f}", "caption_rate_hz": f"{rates['captioned']:.2f}",
+            "latency_mean_ms": f"{snap['latency_ms']['mean']:.1f}",
+            "latency_p95_ms": f"{snap['latency_ms']['p95']:.1f}",
+            "latency_max_ms": f"{snap['latency_ms']['max']:.1f}",
+            "inference_mean_ms": f"{snap['inference_ms']['mean']:.1f}",
+            "overhead_mean_ms": f"{snap['overhead_ms']['mean']:.2f}",
+            "frame_waiting": int(self.slot.waiting), "pending_images": self.pairer.pending(IMAGE),
+            "pending_masks": self.pairer.pending(MASK), "reuse_entries": len(self.pipeline.reuse),
+            "rss_mb": f"{_rss_mb():.1f}", "last_problem": snap["last_problem"],
+        })
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [status]
+        self.diagnostics_pub.publish(array)
+
+    def stop(self) -> None:
+        self._running = False
+        self.slot.close()
+        if self.worker.is_alive():
+            self.worker.join(timeout=5.0)
+
+
+def _stamp_text(msg) -> str:
+    return f"{msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}"
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args if args is not None else sys.argv)
+    try:
+        node = FineCaptionNode()
+    except StartupError as err:
+        rclpy.logging.get_logger(NODE_NAME).fatal(str(err))
+        rclpy.try_shutdown()
+        return 2
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.stop()
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Counters, rates and latency statistics for /diagnostics (thread-safe)."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+
+
+class RateMeter:
+    """Events per second over a sliding window."""
+
+    def __init__(self, window_s: float = 5.0):
+        self.window_s = window_s
+        self._times: deque[float] = deque()
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._times.append(now)
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._times and now - self._times[0] > self.window_s:
+            self._times.popleft()
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        self._trim(now)
+        if len(self._times) < 2:
+            return 0.0
+        span = max(now - self._times[0], 1e-9)
+        return (len(self._times) - 1) / span if span < self.window_s else len(self._times) / self.window_s
+
+
+class Samples:
+    """The last `size` values: mean, max and a percentile."""
+
+    def __init__(self, size: int = 200):
+        self._values: deque[float] = deque(maxlen=size)
+
+    def add(self, value: float) -> None:
+        self._values.append(value)
+
+    def summary(self) -> dict[str, float]:
+        if not self._values:
+            return {"mean": 0.0, "p95": 0.0, "max": 0.0}
+        ordered = sorted(self._values)
+        return {"mean": sum(ordered) / len(ordered), "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+                "max": ordered[-1]}
+
+
+class NodeStats:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.rates = {name: RateMeter() for name in ("images", "masks", "paired", "captioned")}
+        self.latency_ms = Samples()
+        self.inference_ms = Samples()
+        self.overhead_ms = Samples()
+        self.last_problem = ""
+        self.problems_since_report = 0
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            self.counts[name] += n
+
+    def tick(self, name: str) -> None:
+        with self.lock:
+            self.rates[name].tick()
+
+    def reject(self, reason: str, message: str) -> None:
+        with self.lock:
+            self.rejected[reason] += 1
+            self.counts["frames_rejected"] += 1
+            self.last_problem = message
+            self.problems_since_report += 1
+
+    def problem(self, name: str, message: str, n: int = 1) -> None:
+        """A counted input problem that does not reject a frame (skipped regions, unmatched messages, ...)."""
+        with self.lock:
+            self.counts[name] += n
+            self.last_problem = message
+            self.problems_since_report += 1
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            now = time.monotonic()
+            snap = {
+                "counts": dict(self.counts),
+                "rejected": dict(self.rejected),
+                "rates": {k: m.rate(now) for k, m in self.rates.items()},
+                "latency_ms": self.latency_ms.summary(),
+                "inference_ms": self.inference_ms.summary(),
+                "overhead_ms": self.overhead_ms.summary(),
+                "last_problem": self.last_problem,
+                "problems_since_report": self.problems_since_report,
+            }
+            self.problems_since_report = 0
+            return snap

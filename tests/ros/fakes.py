@@ -1,0 +1,55 @@
+"""A stand-in captioner for the rclpy-free unit tests (the node process tests use the real Captioner)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from finecaption_ros.tasks import ATTRIBUTES
+
+
+class FakeInputError(ValueError):
+    pass
+
+
+@dataclass
+class FakeResult:
+    region_id: int
+    task: str
+    attribute: str
+    caption: str
+    confidence: float
+    bbox: tuple
+    mask_area: int
+    timings_ms: dict = field(default_factory=dict)
+
+
+class FakeCaptioner:
+    model_id = "fake-00000000"
+    backend = "torch"
+    supported_attributes = ATTRIBUTES
+
+    def __init__(self):
+        self.calls: list[dict] = []
+
+    def caption(self, image, masks, task="dense", attributes=None, max_new_tokens=None):
+        if task == "global":
+            h, w = image.shape[:2]
+            self.calls.append({"task": task, "ids": [0]})
+            return [FakeResult(0, task, "", "the whole image", 0.9, (0, 0, w, h), h * w)]
+        if masks.shape != image.shape[:2]:
+            raise FakeInputError(f"label map is {masks.shape} but the image is {image.shape[:2]}")
+        ids = [int(i) for i in np.unique(masks) if i]
+        if not ids:
+            raise FakeInputError("the label map has no regions")
+        self.calls.append({"task": task, "ids": ids, "attributes": attributes})
+        out = []
+        for i in ids:
+            m = masks == i
+            ys, xs = np.nonzero(m)
+            bbox = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+            mean = image[m].mean(axis=0).round().astype(int).tolist()
+            for attr in (attributes or [""]):
+                text = f"region {i} {attr or 'dense'} rgb {mean}"
+                out.append(FakeResult(i, task, attr, text, 0.5, bbox, int(m.sum())))
+        return out

@@ -1,0 +1,210 @@
+"""Static checks of the launch files and the package manifest (`launch` / `launch_ros` are not installable here):
+each launch file runs against stand-ins for the launch API that record what it builds, then every node it starts
+must be an installed executable and every parameter it sets one that executable declares."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import sys
+import types
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from finecaption_ros.ros_support.params import (
+    EXECUTABLE_PARAMS,
+    LISTENER_PARAMS,
+    NODE_PARAMS,
+    SOURCE_PARAMS,
+    validate_one,
+    validate_source,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))
+SPECS = {"finecaption_node": NODE_PARAMS, "finecaption_source": SOURCE_PARAMS, "caption_listener": LISTENER_PARAMS}
+# Topics each of our executables subscribes or publishes under a relative (remappable) name.
+TOPICS = {"finecaption_node": {"image", "mask", "region_captions"},
+          "finecaption_source": {"image", "mask"},
+          "caption_listener": {"region_captions", "annotated_image", "ground_truth"}}
+# Camera drivers the main launch file may start: package -> executable (as those packages install them).
+CAMERA_DRIVERS = {"v4l2_camera": "v4l2_camera_node", "usb_cam": "usb_cam_node_exe"}
+
+
+# ---------------------------------------------------------------------------------------------- launch stand-ins
+class Recorded:
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+class LaunchConfiguration(Recorded):
+    def __init__(self, variable_name, default=None):
+        super().__init__(variable_name, default=default)
+        self.name = variable_name
+
+
+class DeclareLaunchArgument(Recorded):
+    def __init__(self, name, *, default_value=None, description=None, choices=None):
+        super().__init__(name, default_value=default_value, description=description, choices=choices)
+        self.name = name
+
+
+class LaunchDescription(Recorded):
+    def __init__(self, initial_entities=None):
+        super().__init__(initial_entities)
+        self.entities = list(initial_entities or [])
+
+
+class Node(Recorded):
+    # The keyword arguments of launch_ros.actions.Node.
+    def __init__(self, *, executable, package=None, name=None, namespace=None, exec_name=None, parameters=None,
+                 remappings=None, ros_arguments=None, arguments=None, output="log", condition=None,
+                 respawn=False, respawn_delay=None, emulate_tty=False, additional_env=None):
+        super().__init__(executable=executable, package=package, name=name, parameters=parameters or [],
+                         remappings=remappings or [], condition=condition, output=output)
+
+
+class ParameterValue(Recorded):
+    def __init__(self, value, *, value_type=None):
+        super().__init__(value, value_type=value_type)
+        self.value, self.value_type = value, value_type
+
+
+class IfCondition(Recorded):
+    def __init__(self, predicate_expression):
+        super().__init__(predicate_expression)
+
+
+class PythonExpression(Recorded):
+    def __init__(self, expression):
+        super().__init__(expression)
+
+
+STANDINS = {
+    "launch": {"LaunchDescription": LaunchDescription},
+    "launch.actions": {"DeclareLaunchArgument": DeclareLaunchArgument},
+    "launch.conditions": {"IfCondition": IfCondition, "UnlessCondition": IfCondition},
+    "launch.substitutions": {"LaunchConfiguration": LaunchConfiguration, "PythonExpression": PythonExpression},
+    "launch_ros": {},
+    "launch_ros.actions": {"Node": Node},
+    "launch_ros.parameter_descriptions": {"ParameterValue": ParameterValue},
+}
+
+
+def load_launch(path: Path, monkeypatch) -> LaunchDescription:
+    for name, attrs in STANDINS.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(attrs)
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location(path.stem.replace(".", "_"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    assert isinstance(description, LaunchDescription)
+    return description
+
+
+def walk(value):
+    """Every recorded object inside a value (lists, dicts, tuples, nested stand-ins)."""
+    if isinstance(value, Recorded):
+        yield value
+        for item in list(value.args) + list(value.kwargs.values()):
+            yield from walk(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from walk(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from walk(item)
+
+
+def cmake_executables() -> dict[str, str]:
+    text = (ROOT / "CMakeLists.txt").read_text()
+    block = re.search(r"set\(FINECAPTION_EXECUTABLES(.*?)\)", text, re.DOTALL).group(1)
+    return dict(re.findall(r'"(\w+):([\w.]+)"', block))
+
+
+# ---------------------------------------------------------------------------------------------- tests
+def test_there_are_launch_files():
+    assert {p.name for p in LAUNCH_FILES} >= {"finecaption.launch.py", "demo.launch.py"}
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_launch_file_nodes_exist_and_set_only_declared_parameters(path, monkeypatch):
+    description = load_launch(path, monkeypatch)
+    declared = {e.name for e in description.entities if isinstance(e, DeclareLaunchArgument)}
+    used = {o.name for o in walk(description.entities) if isinstance(o, LaunchConfiguration)}
+    assert used <= declared, f"launch arguments used but not declared: {used - declared}"
+    executables = cmake_executables()
+    nodes = [e for e in description.entities if isinstance(e, Node)]
+    assert nodes
+    for node in nodes:
+        package, exe = node.kwargs["package"], node.kwargs["executable"]
+        if package != "finecaption_ros":
+            assert CAMERA_DRIVERS.get(package) == exe, f"unknown driver {package}/{exe}"
+            assert node.kwargs["condition"] is not None, "camera drivers start only when asked for"
+            continue
+        assert exe in executables, f"{exe} is not installed by CMakeLists.txt"
+        module = importlib.import_module(executables[exe])
+        assert callable(getattr(module, "main", None)), f"{executables[exe]} has no main()"
+        specs = {s.name: s for s in SPECS[exe]}
+        for params in node.kwargs["parameters"]:
+            assert isinstance(params, dict)
+            for name, value in params.items():
+                assert name in EXECUTABLE_PARAMS[exe], f"{path.name}: {exe} declares no parameter {name!r}"
+                want = type(specs[name].default)
+                if isinstance(value, ParameterValue):
+                    assert value.value_type is want, f"{name}: value_type {value.value_type} but {want}"
+                else:  # a literal: it must have the declared type and pass validation
+                    assert isinstance(value, want), f"{name}: {value!r} is not {want.__name__}"
+                    reason = validate_one(name, value) if exe == "finecaption_node" else validate_source(name, value)
+                    assert reason is None, reason
+        for source, _ in node.kwargs["remappings"]:
+            assert source in TOPICS[exe], f"{exe} has no topic {source!r} to remap"
+
+
+def test_launch_argument_defaults_are_valid_parameter_values(monkeypatch):
+    description = load_launch(ROOT / "launch" / "finecaption.launch.py", monkeypatch)
+    defaults = {e.name: e.kwargs["default_value"] for e in description.entities
+                if isinstance(e, DeclareLaunchArgument)}
+    assert validate_one("task", defaults["task"]) is None
+    assert validate_one("backend", defaults["backend"]) is None
+    assert defaults["model"] == ""  # the embedded default model
+    assert defaults["camera"] == "none"
+
+
+def test_stand_in_node_matches_the_documented_keywords():
+    keywords = set(inspect.signature(Node.__init__).parameters) - {"self"}
+    assert {"package", "executable", "name", "parameters", "remappings", "condition", "output"} <= keywords
+
+
+def test_installed_executables_and_launch_files_match_cmake():
+    venv_lib = Path(sys.prefix) / "lib" / "finecaption_ros"
+    if not venv_lib.is_dir():
+        pytest.fail(f"{venv_lib} missing: run scripts/setup_ros.sh first")
+    for exe in cmake_executables():
+        path = venv_lib / exe
+        assert path.is_file() and path.stat().st_mode & 0o111, f"{path} not installed or not executable"
+    for launch_file in LAUNCH_FILES:
+        assert (Path(sys.prefix) / "share" / "finecaption_ros" / "launch" / launch_file.name).is_file()
+
+
+def test_package_xml_is_format_3_with_every_dependency():
+    root = ET.parse(ROOT / "package.xml").getroot()
+    assert root.tag == "package" and root.get("format") == "3"
+    assert root.findtext("name") == "finecaption_ros"
+    deps = {e.text for e in root if e.tag.endswith("depend")}
+    assert {"ament_cmake", "rosidl_default_generators", "rosidl_default_runtime", "rclpy", "std_msgs",
+            "sensor_msgs", "diagnostic_msgs", "python3-numpy"} <= deps
+    assert root.findtext("export/build_type") == "ament_cmake"
+    assert root.findtext("member_of_group") == "rosidl_interface_packages"
+    # Every message package the interfaces or the node use is declared.
+    imported = set()
+    for path in list((ROOT / "finecaption_ros" / "ros").glob("*.py")):
+        imported |= set(re.findall(r"^from (\w+_msgs|rcl_interfaces|builtin_interfaces)\.", path.read_text(),
+                                   re.MULTILINE))
+    for path in list((ROOT / "msg").glob("*.msg")) + list((ROOT / "srv").glob("*.srv")):
+        imported |= set(re.findall(r"^(\w+_msgs)/", path.read_text(), re.MULTILINE))
+    assert imported <= deps, imported - deps

@@ -1,0 +1,89 @@
+"""Start-up: clear errors for a missing model and invalid parameters; the installed executable runs."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rosharness import Client, NodeProcess, node_command, region_ids
+
+from finecaption_ros.data.scenes import SceneGenerator
+
+VENV_PREFIX = Path(sys.prefix)
+INSTALLED_NODE = VENV_PREFIX / "lib" / "finecaption_ros" / "finecaption_node"
+
+
+def run_to_exit(cmd, tmp_path, timeout=60.0) -> tuple[int, str]:
+    proc = NodeProcess(cmd, tmp_path / "node.log")
+    try:
+        code = proc.wait(timeout)
+    finally:
+        proc.stop()
+    return code, proc.log()
+
+
+def test_missing_model_path_is_a_clear_startup_error(tmp_path):
+    started = time.monotonic()
+    code, log = run_to_exit(node_command({"model_path": "/no/such/model"}), tmp_path)
+    assert code == 2, log
+    assert "model_path '/no/such/model' does not exist" in log
+    assert "Traceback" not in log
+    assert time.monotonic() - started < 30  # refused before the model is loaded
+
+
+@pytest.mark.parametrize("param,value,text", [
+    ("task", "poem", "task must be one of"),
+    ("backend", "cuda", "backend must be one of"),
+    ("max_regions", "0", "max_regions"),
+    ("attributes", "[smell]", "unknown attribute"),
+    ("task", "attribute -p attributes:=['']", "unknown attribute"),
+])
+def test_invalid_startup_parameters_are_refused(tmp_path, param, value, text):
+    cmd = node_command() + ["-p", f"{param}:={value.split(' -p ')[0]}"]
+    if " -p " in value:
+        cmd += ["-p", value.split(" -p ")[1]]
+    code, log = run_to_exit(cmd, tmp_path)
+    assert code == 2, log
+    assert text in log and "Traceback" not in log
+
+
+def test_model_folder_without_a_model_is_refused(tmp_path):
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    code, log = run_to_exit(node_command({"model_path": str(empty)}), tmp_path)
+    assert code == 2, log
+    assert "cannot load the model" in log or "model not found" in log
+
+
+def test_installed_executable_runs_from_anywhere(ros, tmp_path):
+    """The executable `ros2 run finecaption_ros finecaption_node` starts (installed by scripts/setup_ros.sh or
+    colcon), run outside the checkout, with the default SensorData QoS and the global task."""
+    assert INSTALLED_NODE.is_file(), f"{INSTALLED_NODE} missing: run scripts/setup_ros.sh first"
+    assert (VENV_PREFIX / "share" / "finecaption_ros" / "launch" / "finecaption.launch.py").is_file()
+    assert (VENV_PREFIX / "share" / "ament_index" / "resource_index" / "packages" / "finecaption_ros").is_file()
+    name = "installed_finecaption_node"
+    cmd = node_command({"task": "global"}, name=name, base=[str(INSTALLED_NODE)])
+    proc = NodeProcess(cmd, tmp_path / "installed.log", cwd=tmp_path)
+    client = Client(name, name="installed_test_client", reliable=False)
+    try:
+        client.wait_for_node(proc)
+        scene = SceneGenerator(seed=11).sample()
+        stamp = 50.5
+        deadline = time.monotonic() + 60
+        while True:  # best effort: publish again until one frame gets through
+            client.publish(scene.image, scene.labels, stamp)
+            try:
+                msg = client.captions_for(stamp, timeout=5)
+                break
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+                stamp += 1
+        assert [(c.region_id, c.task) for c in msg.captions] == [(0, "global")]
+        assert msg.captions[0].caption.strip()
+    finally:
+        client.close()
+        code = proc.stop()
+    assert code in (0, -2), proc.log()
+    assert region_ids(scene.labels)  # the scene had regions (the global task ignores them)

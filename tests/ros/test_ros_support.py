@@ -1,0 +1,349 @@
+"""Unit tests of the rclpy-free node helpers: image conversion, stamp pairing, latest-frame slot, regions, caption
+reuse, the pipeline, annotation and parameter validation."""
+from __future__ import annotations
+
+import array
+import threading
+import types
+
+import numpy as np
+import pytest
+from fakes import FakeCaptioner
+
+from finecaption_ros.ros_support import image_codec as codec
+from finecaption_ros.ros_support.annotate import annotate
+from finecaption_ros.ros_support.errors import FrameError
+from finecaption_ros.ros_support.latest import LatestSlot
+from finecaption_ros.ros_support.pairing import IMAGE, MASK, StampPairer
+from finecaption_ros.ros_support.params import NODE_PARAMS, validate
+from finecaption_ros.ros_support.pipeline import CaptionPipeline, PipelineConfig
+from finecaption_ros.ros_support.regions import bbox_of, select_regions
+from finecaption_ros.ros_support.reuse import CaptionReuse
+from finecaption_ros.ros_support.sources import SourceError, open_source, upscale
+
+
+def msg_from(fields: dict, **override):
+    return types.SimpleNamespace(**{**fields, **override})
+
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------- image codec
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8"])
+def test_colour_encodings_round_trip(encoding):
+    msg = msg_from(codec.encode(RGB, encoding))
+    assert msg.step == 5 * (4 if "a" in encoding[3:] else 3)
+    np.testing.assert_array_equal(codec.decode_image(msg), RGB)
+
+
+def test_bgr_bytes_are_swapped_on_the_wire():
+    msg = msg_from(codec.encode(RGB, "bgr8"))
+    first = bytes(msg.data[:3])
+    assert first == bytes(RGB[0, 0, ::-1].tolist())
+
+
+def test_mono8_image_becomes_grey_rgb():
+    grey = RNG.integers(0, 256, size=(4, 3), dtype=np.uint8)
+    msg = types.SimpleNamespace(height=4, width=3, encoding="mono8", is_bigendian=0, step=3,
+                                data=array.array("B", grey.tobytes()))
+    out = codec.decode_image(msg)
+    assert out.shape == (4, 3, 3)
+    np.testing.assert_array_equal(out[..., 1], grey)
+
+
+def test_padded_rows_are_read_with_step():
+    padded = np.zeros((6, 20), dtype=np.uint8)
+    padded[:, :15] = RGB.reshape(6, 15)
+    msg = types.SimpleNamespace(height=6, width=5, encoding="rgb8", is_bigendian=0, step=20,
+                                data=padded.tobytes())
+    np.testing.assert_array_equal(codec.decode_image(msg), RGB)
+
+
+@pytest.mark.parametrize("encoding,dtype", [("mono8", np.uint8), ("mono16", np.uint16), ("32SC1", np.int32)])
+def test_mask_encodings_round_trip(encoding, dtype):
+    labels = RNG.integers(0, 200, size=(7, 9)).astype(np.int32)
+    msg = msg_from(codec.encode(labels, encoding))
+    out = codec.decode_mask(msg)
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out, labels)
+
+
+def test_big_endian_mono16_mask():
+    labels = np.array([[1, 300], [65535, 0]], dtype=np.uint16)
+    msg = types.SimpleNamespace(height=2, width=2, encoding="mono16", is_bigendian=1, step=4,
+                                data=labels.astype(">u2").tobytes())
+    np.testing.assert_array_equal(codec.decode_mask(msg), labels.astype(np.int32))
+
+
+@pytest.mark.parametrize("override,reason", [
+    ({"encoding": "yuv422"}, "unsupported_encoding"),
+    ({"encoding": "16UC3"}, "unsupported_encoding"),
+    ({"data": array.array("B", bytes(10))}, "short_data"),
+    ({"step": 4}, "bad_step"),
+    ({"height": 0}, "empty_image"),
+])
+def test_bad_images_raise_frame_errors_with_reasons(override, reason):
+    msg = msg_from(codec.encode(RGB, "rgb8"), **override)
+    with pytest.raises(FrameError) as err:
+        codec.decode_image(msg)
+    assert err.value.reason == reason
+    assert str(err.value)  # a readable line
+
+
+def test_too_large_is_refused_before_reading_data():
+    msg = types.SimpleNamespace(height=4320, width=7680, encoding="rgb8", is_bigendian=0, step=7680 * 3,
+                                data=b"")  # no data at all: the size check comes first
+    with pytest.raises(FrameError) as err:
+        codec.check_image(msg, max_pixels=3840 * 2160 * 2)
+    assert err.value.reason == "too_large" and "7680x4320" in str(err.value)
+
+
+def test_negative_32sc1_labels_are_refused():
+    msg = msg_from(codec.encode(np.array([[-1, 2]]), "32SC1"))
+    with pytest.raises(FrameError) as err:
+        codec.decode_mask(msg)
+    assert err.value.reason == "bad_mask"
+
+
+def test_mask_encoding_of_an_rgb_image_is_unsupported():
+    with pytest.raises(FrameError) as err:
+        codec.decode_mask(msg_from(codec.encode(RGB, "rgb8")))
+    assert err.value.reason == "unsupported_encoding"
+
+
+# ---------------------------------------------------------------------------------------------------- pairing
+def test_exact_pairing_in_either_order():
+    pairer = StampPairer()
+    assert pairer.add(IMAGE, 100, "i100", 0).pair is None
+    result = pairer.add(MASK, 100, "m100", 1)
+    assert result.pair == ("i100", "m100") and result.stamp_ns == 100
+    assert pairer.add(MASK, 200, "m200", 2).pair is None
+    assert pairer.add(IMAGE, 200, "i200", 3).pair == ("i200", "m200")
+    assert pairer.pending(IMAGE) == pairer.pending(MASK) == 0
+
+
+def test_slop_pairs_the_nearest_stamp():
+    pairer = StampPairer(slop_ns=10)
+    pairer.add(MASK, 95, "m95", 0)
+    pairer.add(MASK, 103, "m103", 0)
+    result = pairer.add(IMAGE, 101, "i101", 0)
+    assert result.pair == ("i101", "m103")
+    assert [(d.kind, d.stamp_ns, d.why) for d in result.dropped] == [(MASK, 95, "superseded")]
+
+
+def test_no_pair_outside_the_slop():
+    pairer = StampPairer(slop_ns=10)
+    pairer.add(MASK, 100, "m", 0)
+    assert pairer.add(IMAGE, 111, "i", 0).pair is None
+
+
+def test_unmatched_messages_time_out():
+    pairer = StampPairer(timeout_ns=1000)
+    pairer.add(MASK, 5, "orphan", now_ns=0)
+    assert pairer.expire(now_ns=900) == []
+    dropped = pairer.expire(now_ns=1500)
+    assert [(d.kind, d.stamp_ns, d.why) for d in dropped] == [(MASK, 5, "timeout")]
+    assert pairer.pending(MASK) == 0
+
+
+def test_pending_is_bounded():
+    pairer = StampPairer(max_pending=3)
+    dropped = []
+    for stamp in range(10):
+        dropped += pairer.add(IMAGE, stamp, stamp, 0).dropped
+    assert pairer.pending(IMAGE) == 3
+    assert [d.stamp_ns for d in dropped] == list(range(7)) and {d.why for d in dropped} == {"overflow"}
+
+
+# ---------------------------------------------------------------------------------------------------- latest slot
+def test_latest_slot_keeps_only_the_newest():
+    slot = LatestSlot()
+    assert slot.put(1) is None
+    assert slot.put(2) == 1
+    assert slot.put(3) == 2
+    assert slot.dropped == 2
+    assert slot.take(0) == 3
+    assert slot.take(0.01) is None
+
+
+def test_latest_slot_wakes_a_waiting_worker():
+    slot = LatestSlot()
+    got = []
+    worker = threading.Thread(target=lambda: got.append(slot.take(5)))
+    worker.start()
+    slot.put("frame")
+    worker.join(5)
+    assert got == ["frame"]
+    slot.close()
+    assert slot.take(5) is None
+
+
+# ---------------------------------------------------------------------------------------------------- regions
+def test_select_regions_min_area_and_limit():
+    labels = np.zeros((20, 20), np.int32)
+    labels[0:10, 0:10] = 3  # 100 px
+    labels[10:15, 0:10] = 7  # 50 px
+    labels[15:17, 0:5] = 9  # 10 px
+    labels[0:2, 10:12] = 200  # 4 px
+    sel = select_regions(labels, min_area=5, max_regions=2)
+    assert sel.ids == [3, 7] and sel.below_min_area == [200] and sel.over_limit == [9]
+    assert bbox_of(labels == 7) == (0, 10, 10, 5)
+
+
+# ---------------------------------------------------------------------------------------------------- reuse
+def test_reuse_only_when_mask_and_pixels_barely_change():
+    image = RNG.integers(0, 256, (50, 50, 3), dtype=np.uint8)
+    mask = np.zeros((50, 50), bool)
+    mask[10:30, 10:30] = True
+    reuse = CaptionReuse(iou_threshold=0.9, pixel_threshold=4.0, max_age_s=10)
+    key = (1, "dense", "")
+    assert reuse.check(key, mask, image, 0).why == "new"
+    reuse.store(key, mask, image, "caption", 0)
+    noisy = np.clip(image.astype(int) + RNG.integers(-2, 3, image.shape), 0, 255).astype(np.uint8)
+    assert reuse.check(key, mask, noisy, 1).result == "caption"
+    shifted = np.roll(mask, 4, axis=1)  # IoU 16/24 = 0.67
+    assert reuse.check(key, shifted, image, 1).why == "iou"
+    changed = image.copy()
+    changed[mask] = 255 - changed[mask]
+    assert reuse.check(key, mask, changed, 1).why == "pixels"
+    assert reuse.check(key, mask, image, 11).why == "age"
+
+
+# ---------------------------------------------------------------------------------------------------- pipeline
+def scene_labels():
+    labels = np.zeros((40, 40), np.int32)
+    labels[2:12, 2:12] = 5
+    labels[20:35, 20:35] = 9
+    labels[0:2, 38:40] = 11  # 4 px, below the default minimum
+    return labels
+
+
+def test_pipeline_reuses_unchanged_regions_and_recomputes_changed_ones():
+    fake = FakeCaptioner()
+    pipe = CaptionPipeline(fake, PipelineConfig(min_region_area=16))
+    image = RNG.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    labels = scene_labels()
+    first = pipe.process(image, labels, now_s=0)
+    assert [c.region_id for c in first.captions] == [5, 9] and not any(c.reused for c in first.captions)
+    assert ("regions_below_min_area", 1) == (first.problems[0][0], first.problems[0][2])
+    assert fake.calls[-1]["ids"] == [5, 9]  # region 11 never reaches the model
+    image2 = image.copy()
+    image2[20:35, 20:35] = 0  # region 9 changes, region 5 does not
+    second = pipe.process(image2, labels, now_s=1)
+    assert [(c.region_id, c.reused) for c in second.captions] == [(5, True), (9, False)]
+    assert fake.calls[-1]["ids"] == [9]
+    assert second.captions[0].caption == first.captions[0].caption
+    assert second.captions[0].bbox == (2, 2, 10, 10) and second.captions[0].mask_area == 100
+    # A service-style call never reuses.
+    third = pipe.process(image2, labels, use_reuse=False, now_s=2)
+    assert not any(c.reused for c in third.captions)
+
+
+def test_pipeline_attribute_task_and_config_change_clears_reuse():
+    fake = FakeCaptioner()
+    pipe = CaptionPipeline(fake, PipelineConfig(task="attribute", attributes=("color", "size")))
+    image = RNG.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    out = pipe.process(image, scene_labels(), now_s=0)
+    assert [(c.region_id, c.attribute) for c in out.captions] == [(5, "color"), (5, "size"), (9, "color"),
+                                                                  (9, "size")]
+    assert len(pipe.reuse) == 4
+    pipe.configure(PipelineConfig(task="dense"))
+    assert len(pipe.reuse) == 0
+
+
+def test_pipeline_empty_mask_and_region_limit():
+    fake = FakeCaptioner()
+    pipe = CaptionPipeline(fake, PipelineConfig(max_regions=1))
+    image = np.zeros((40, 40, 3), np.uint8)
+    empty = pipe.process(image, np.zeros((40, 40), np.int32))
+    assert empty.captions == [] and empty.problems[0][0] == "empty_masks" and not fake.calls
+    limited = pipe.process(image, scene_labels())
+    assert [c.region_id for c in limited.captions] == [9]
+    assert "regions_over_limit" in [p[0] for p in limited.problems]
+
+
+def test_pipeline_global_task_needs_no_mask():
+    pipe = CaptionPipeline(FakeCaptioner(), PipelineConfig(task="global"))
+    out = pipe.process(np.zeros((8, 8, 3), np.uint8), None)
+    assert [(c.region_id, c.caption) for c in out.captions] == [(0, "the whole image")]
+
+
+def test_pipeline_turns_captioner_errors_into_frame_errors():
+    pipe = CaptionPipeline(FakeCaptioner())
+    with pytest.raises(FrameError) as err:
+        pipe.process(np.zeros((8, 8, 3), np.uint8), scene_labels()[:8, :8] * 0 + 1, task="bogus")
+    assert err.value.reason == "bad_request"
+    with pytest.raises(FrameError, match="smell"):
+        pipe.process(np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), np.int32), task="attribute", attributes=["smell"])
+
+
+def test_pipeline_size_mismatch_from_messages():
+    pipe = CaptionPipeline(FakeCaptioner())
+    image = msg_from(codec.encode(np.zeros((10, 10, 3), np.uint8), "rgb8"))
+    mask = msg_from(codec.encode(np.ones((5, 10), np.int32), "mono8"))
+    with pytest.raises(FrameError) as err:
+        pipe.process_messages(image, mask)
+    assert err.value.reason == "size_mismatch" and "10x10" in str(err.value) and "10x5" in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------------- annotate
+def test_annotate_draws_tint_boxes_and_a_caption_panel():
+    image = np.full((64, 64, 3), 100, np.uint8)
+    labels = np.zeros((64, 64), np.int32)
+    labels[10:30, 10:30] = 4
+    caps = CaptionPipeline(FakeCaptioner()).process(image, labels, use_reuse=False).captions
+    out = annotate(image, labels, caps, min_width=128)
+    assert out.dtype == np.uint8 and out.shape[1] == 128 and out.shape[0] > 128  # 2x frame + caption panel
+    assert not np.array_equal(out[40, 40], [100, 100, 100])  # inside region 4 (scaled): tinted
+    np.testing.assert_array_equal(out[120, 120], [100, 100, 100])  # background untouched
+
+
+# ---------------------------------------------------------------------------------------------------- parameters
+def test_parameter_validation():
+    current = {s.name: s.default for s in NODE_PARAMS}
+    assert validate({"task": "dense"}, current) is None
+    assert "one of" in validate({"task": "poem"}, current)
+    assert "unknown attribute" in validate({"attributes": ["smell"]}, current)
+    assert "non-empty" in validate({"task": "attribute", "attributes": []}, current)
+    assert "within" in validate({"reuse_iou_threshold": 1.5}, current)
+    assert "does not exist" in validate({"model_path": "/no/such/model"}, current)
+    assert validate({"task": "attribute", "attributes": ["color"]}, current) is None
+    # Declared one at a time: task first (attributes not declared yet), then attributes.
+    assert validate({"task": "attribute"}, {}) is None
+    assert "non-empty" in validate({"attributes": []}, {"task": "attribute"})
+
+
+# ---------------------------------------------------------------------------------------------------- sources
+def test_synthetic_source_and_upscale():
+    frames = open_source("synthetic", seed=3, scale=2)
+    frame = next(frames)
+    assert frame.image.shape == (512, 512, 3) and frame.labels.shape == (512, 512)
+    ids = {int(i) for i in np.unique(frame.labels) if i}
+    assert ids == {i for i, _ in frame.truth}
+    np.testing.assert_array_equal(upscale(np.array([[1, 2]]), 2), [[1, 1, 2, 2], [1, 1, 2, 2]])
+
+
+def test_image_folder_source(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(RGB).save(tmp_path / "a.png")
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.ones((6, 5), np.uint8)).save(tmp_path / "masks" / "a.png")
+    frame = next(open_source(str(tmp_path), mask_dir=str(tmp_path / "masks")))
+    np.testing.assert_array_equal(frame.image, RGB)
+    assert frame.labels.sum() == 30
+
+
+def test_video_source_without_opencv_names_the_package(tmp_path, monkeypatch):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")
+    monkeypatch.setitem(__import__("sys").modules, "cv2", None)
+    with pytest.raises(SourceError, match="pip install opencv-python-headless"):
+        next(open_source(str(video)))
+
+
+def test_unknown_source_is_a_clear_error():
+    with pytest.raises(SourceError, match="neither"):
+        open_source("/no/such/thing")
