@@ -19,11 +19,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .data.batches import AUX_CLASSES, SceneBatches
+from .data.batches import AUX_CLASSES, CompositionCapBatches, SceneBatches
+from .data.compositioncap import load_compositioncap
 from .data.scenes import world_texts
 from .model.config import FineCaptionConfig
 from .model.finecaption import FineCaptionModel, load_tokenizer
 from .model.tokenizer import build_word_tokenizer
+from .tasks import ATTRIBUTE_TASK, TASKS, prompt_for
 
 TRAINER_STATE = "trainer_state.pt"
 PACKAGE_CONFIGS = Path(__file__).parent / "configs"
@@ -48,6 +50,8 @@ class TrainSettings:
     mask_mode: str | None = None  # ablations override the config's
     use_hr: bool | None = None
     max_minutes: float | None = None
+    compositioncap: str | None = None  # a CompositionCap-format annotation file: train on it instead of scenes
+    image_root: str | None = None  # where its images are (default: the annotation file's folder)
 
 
 class DistributedContext:
@@ -74,12 +78,23 @@ class DistributedContext:
             dist.destroy_process_group()
 
 
-def new_model(settings: TrainSettings):
-    tokenizer = build_word_tokenizer(world_texts())
+def new_model(settings: TrainSettings, records=None):
+    """A fresh model and word-level tokenizer for the synthetic world, or for a CompositionCap dataset's captions."""
     config = FineCaptionConfig.load(settings.config)
+    if records is None:
+        tokenizer = build_word_tokenizer(world_texts())
+        config.aux_classes = AUX_CLASSES
+    else:
+        attributes = sorted({a for r in records for region in r.regions for a in region.attribute_captions})
+        texts = [prompt_for(t, a) for t in TASKS for a in (attributes or [None]) if t != ATTRIBUTE_TASK or a]
+        texts += [c for r in records for region in r.regions for c in region.attribute_captions.values()]
+        texts += [r.dense_caption for rec in records for r in rec.regions if r.dense_caption]
+        texts += [r.global_caption for r in records if r.global_caption]
+        tokenizer = build_word_tokenizer(texts)
+        config.aux_classes = {}
+        config.attributes = attributes
     config.decoder = dict(config.decoder, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    config.aux_classes = AUX_CLASSES
     if settings.mask_mode is not None:
         config.mask_mode = settings.mask_mode
     if settings.use_hr is not None:
@@ -109,6 +124,10 @@ def train(settings: TrainSettings) -> Path:
     torch.manual_seed(settings.seed)
     out = Path(settings.out)
     start_step, elapsed_before = 0, 0.0
+    records = None
+    if settings.compositioncap:
+        root = settings.image_root or str(Path(settings.compositioncap).parent)
+        records = load_compositioncap(settings.compositioncap, root)
     if settings.resume and (out / TRAINER_STATE).is_file():
         model = FineCaptionModel.from_pretrained(out).train()
         tokenizer = load_tokenizer(out)
@@ -117,7 +136,7 @@ def train(settings: TrainSettings) -> Path:
     else:
         if settings.resume and ctx.main:
             print(f"no {TRAINER_STATE} in {out}; starting from scratch")
-        model, tokenizer = new_model(settings)
+        model, tokenizer = new_model(settings, records)
         state = None
     model.to(ctx.device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -125,8 +144,12 @@ def train(settings: TrainSettings) -> Path:
         optimizer.load_state_dict(state["optimizer"])
     # The towers' pooling heads (CLIP post-layernorm, ConvNeXt final norm) feed nothing we use.
     net = DistributedDataParallel(model, find_unused_parameters=True) if ctx.world > 1 else model
-    data = SceneBatches(tokenizer, settings.scenes_per_batch, model.config.hr_image_size,
-                        seed=settings.seed + start_step, rank=ctx.rank)
+    if records is not None:
+        data = CompositionCapBatches(records, tokenizer, settings.scenes_per_batch, model.config.hr_image_size,
+                                     seed=settings.seed + start_step, rank=ctx.rank)
+    else:
+        data = SceneBatches(tokenizer, settings.scenes_per_batch, model.config.hr_image_size,
+                            seed=settings.seed + start_step, rank=ctx.rank)
     loader = DataLoader(data, batch_size=None, num_workers=settings.workers,
                         persistent_workers=settings.workers > 0)
     if ctx.main:

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from finecaption_ros.model.finecaption import FineCaptionModel
@@ -70,3 +71,21 @@ def test_distributed_training_on_two_cpu_processes(tmp_path):
     assert "x2" in done.stdout  # the main rank reports a world of two processes
     FineCaptionModel.from_pretrained(out)
     assert json.loads((out / "training_summary.json").read_text())["steps"] == 2
+
+
+def test_training_on_compositioncap_format_data(tmp_path):
+    """The real-data path: `finecaption demo-data` writes the CompositionCap format; training reads it back, builds
+    its vocabulary from the captions and learns the attribute names it finds."""
+    from finecaption_ros.captioner import Captioner
+    from finecaption_ros.cli import main
+
+    data = tmp_path / "data"
+    assert main(["demo-data", "--out", str(data), "--n", "4", "--size", "128"]) == 0
+    out = train(small(tmp_path / "real", steps=2, compositioncap=str(data / "annotations.json")))
+    config = json.loads((out / "config.json").read_text())
+    assert config["aux_classes"] == {} and "relative_location" in config["attributes"]
+    captioner = Captioner.from_pretrained(out)
+    scene_image = np.zeros((128, 128, 3), dtype=np.uint8)
+    labels = np.zeros((128, 128), dtype=np.int32)
+    labels[10:50, 10:50] = 1
+    assert len(captioner.caption(scene_image, labels, task="attribute", attributes=["color"], max_new_tokens=3)) == 1

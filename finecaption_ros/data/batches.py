@@ -37,33 +37,41 @@ class TokenCache:
 
 
 def region_samples(scene: Scene, rng: np.random.Generator, p_global: float, p_dense: float):
-    """(mask or None, task, attribute, caption, object) tuples: one per object plus sometimes the whole image."""
+    """(mask or None, task, attribute, caption, aux labels or None): one per object, sometimes the whole image."""
     samples = []
     if rng.random() < p_global:
         samples.append((None, GLOBAL_TASK, None, scene.global_caption(), None))
     for obj in scene.objects:
+        aux = [values.index(obj.attribute(name)) for name, values in AUX_CLASSES.items()]
         if rng.random() < p_dense:
-            samples.append((scene.mask(obj.region_id), DENSE_TASK, None, obj.dense_caption(), obj))
+            samples.append((scene.mask(obj.region_id), DENSE_TASK, None, obj.dense_caption(), aux))
         else:
             attribute = ATTRIBUTES[rng.integers(len(ATTRIBUTES))]
-            samples.append((scene.mask(obj.region_id), ATTRIBUTE_TASK, attribute, obj.attribute(attribute), obj))
+            samples.append((scene.mask(obj.region_id), ATTRIBUTE_TASK, attribute, obj.attribute(attribute), aux))
     return samples
 
 
-def collate(scenes: list[Scene], samples_per_scene: list[list], tokens: TokenCache, side: int,
-            pad_id: int) -> dict[str, torch.Tensor]:
-    masks, frame_index, sequences, prompt_lengths, aux = [], [], [], [], []
-    for frame, samples in enumerate(samples_per_scene):
-        shape = scenes[frame].labels.shape
-        for mask, task, attribute, caption, obj in samples:
-            masks.append(np.ones(shape, dtype=bool) if mask is None else mask)
+def collate(frames: list[np.ndarray], samples_per_frame: list[list], tokens: TokenCache, side: int, pad_id: int,
+            num_aux: int = len(AUX_CLASSES)) -> dict[str, torch.Tensor]:
+    """Frames (HxWx3 uint8, sizes may differ) and their samples -> one training batch (see FineCaptionModel.forward).
+
+    Masks become coverage at the model's high-res side per frame; frames of other sizes are resized to side x side
+    (the model resizes to that anyway), so a batch may mix image sizes.
+    """
+    coverages, boxes, frame_index, sequences, prompt_lengths, aux = [], [], [], [], [], []
+    images = []
+    for frame, (image, samples) in enumerate(zip(frames, samples_per_frame)):
+        masks = [np.ones(image.shape[:2], dtype=bool) if mask is None else mask for mask, *_ in samples]
+        coverage, frame_boxes, _ = region_inputs(np.stack(masks), side)
+        coverages.append(coverage)
+        boxes.append(frame_boxes)
+        images.append(_square(image, side))
+        for _, task, attribute, caption, labels in samples:
             frame_index.append(frame)
             prompt = tokens.encode(prompt_for(task, attribute))
             sequences.append(prompt + tokens.encode(caption) + [tokens.eos_id])
             prompt_lengths.append(len(prompt))
-            aux.append([values.index(obj.attribute(name)) if obj is not None else -100
-                        for name, values in AUX_CLASSES.items()])
-    coverage, boxes, _ = region_inputs(np.stack(masks), side)
+            aux.append(labels if labels is not None else [-100] * num_aux)
     length = max(len(s) for s in sequences)
     token_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
     attention = torch.zeros((len(sequences), length), dtype=torch.long)
@@ -73,15 +81,23 @@ def collate(scenes: list[Scene], samples_per_scene: list[list], tokens: TokenCac
         attention[i, :len(seq)] = 1
         labels[i, plen:len(seq)] = torch.tensor(seq[plen:])
     return {
-        "images": torch.from_numpy(np.stack([s.image for s in scenes])),
-        "masks": coverage,
-        "boxes": boxes,
+        "images": torch.from_numpy(np.stack(images)),
+        "masks": torch.cat(coverages),
+        "boxes": torch.cat(boxes),
         "frame_index": torch.tensor(frame_index),
         "token_ids": token_ids,
         "attention": attention,
         "labels": labels,
-        "aux_labels": torch.tensor(aux, dtype=torch.long),
+        "aux_labels": torch.tensor(aux, dtype=torch.long).reshape(len(sequences), num_aux),
     }
+
+
+def _square(image: np.ndarray, side: int) -> np.ndarray:
+    if image.shape[:2] == (side, side):
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR))
 
 
 class SceneBatches(IterableDataset):
@@ -108,4 +124,41 @@ class SceneBatches(IterableDataset):
         while True:
             scenes = [generator.sample() for _ in range(self.scenes_per_batch)]
             samples = [region_samples(s, rng, self.p_global, self.p_dense) for s in scenes]
-            yield collate(scenes, samples, tokens, self.side, pad_id)
+            yield collate([s.image for s in scenes], samples, tokens, self.side, pad_id)
+
+
+class CompositionCapBatches(IterableDataset):
+    """Batches from a CompositionCap-format dataset: random images, up to `samples_per_image` of their captions
+    (attribute, dense, global) each. No auxiliary labels: real attributes are open-vocabulary text."""
+
+    def __init__(self, records, tokenizer, images_per_batch: int, side: int, seed: int, rank: int = 0,
+                 samples_per_image: int = 6):
+        if not records:
+            raise ValueError("the CompositionCap annotation file holds no records")
+        self.records = records
+        self.tokenizer = tokenizer
+        self.images_per_batch = images_per_batch
+        self.side = side
+        self.seed = seed
+        self.rank = rank
+        self.samples_per_image = samples_per_image
+
+    def __iter__(self):
+        from .compositioncap import iter_training_samples
+
+        worker = get_worker_info()
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.rank, worker.id if worker else 0]))
+        tokens = TokenCache(self.tokenizer)
+        pad_id = self.tokenizer.pad_token_id
+        while True:
+            frames, samples = [], []
+            for index in rng.integers(len(self.records), size=self.images_per_batch):
+                drawn = list(iter_training_samples([self.records[index]]))
+                if not drawn:
+                    continue
+                keep = rng.permutation(len(drawn))[:self.samples_per_image]
+                frames.append(drawn[0][0])
+                samples.append([(mask, task, attribute, caption, None)
+                                for _, mask, task, attribute, caption in (drawn[i] for i in keep)])
+            if frames:
+                yield collate(frames, samples, tokens, self.side, pad_id, num_aux=0)

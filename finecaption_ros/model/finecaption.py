@@ -115,7 +115,7 @@ class FineCaptionModel(nn.Module):
         visual = self.visual_tokens(lr, masks, boxes, frames, frame_index)
         loss = self.caption_loss(visual, token_ids, attention, labels)
         stats = {"caption": loss.item()}
-        if aux_labels is None or not self.aux_heads:
+        if aux_labels is None or not self.aux_heads or aux_labels.shape[1] == 0:
             return loss, stats
         for column, (name, logits) in enumerate(self.aux_logits(visual).items()):
             target = aux_labels[:, column]
