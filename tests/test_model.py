@@ -88,3 +88,16 @@ def test_paper_sized_config_has_the_expected_parameter_count():
     assert 8.5e9 < count(model) < 8.7e9
     hr_grid = config.hr_image_size // 32  # ConvNeXt downsamples by 32
     assert hr_grid * hr_grid == 1024 and config.context_grid is None
+
+
+def test_sam_encoder_joins_the_high_res_features_when_configured():
+    config = FineCaptionConfig.load(PACKAGE_CONFIGS / "tiny.json")
+    config.decoder = dict(config.decoder, vocab_size=16)
+    config.sam_encoder = {"model_type": "sam_vision_model", "hidden_size": 32, "output_channels": 16,
+                          "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 64, "patch_size": 16,
+                          "mlp_dim": 64, "global_attn_indexes": [0], "window_size": 2}
+    model = FineCaptionModel(config)
+    assert model.hr_encoder.sam is not None
+    with torch.no_grad():
+        coarse, _ = model.hr_encoder(torch.randn(1, 3, 256, 256))
+    assert coarse.shape == (1, 192 + 16, 8, 8)  # ConvNeXt's last stage + SAM's neck, on the same grid

@@ -100,6 +100,12 @@ def _square(image: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR))
 
 
+def _worker_rng(seed: int, rank: int) -> np.random.Generator:
+    """Each DataLoader worker of each DDP rank draws its own stream."""
+    worker = get_worker_info()
+    return np.random.default_rng(np.random.SeedSequence([seed, rank, worker.id if worker else 0]))
+
+
 class SceneBatches(IterableDataset):
     """An endless stream of batches; each worker and each DDP rank draws its own scenes."""
 
@@ -115,9 +121,7 @@ class SceneBatches(IterableDataset):
         self.scene_size = scene_size
 
     def __iter__(self):
-        worker = get_worker_info()
-        stream = np.random.SeedSequence([self.seed, self.rank, worker.id if worker else 0])
-        rng = np.random.default_rng(stream)
+        rng = _worker_rng(self.seed, self.rank)
         generator = SceneGenerator(self.scene_size, self.scene_size, split="train", seed=rng.integers(2**32))
         tokens = TokenCache(self.tokenizer)
         pad_id = self.tokenizer.pad_token_id
@@ -146,8 +150,7 @@ class CompositionCapBatches(IterableDataset):
     def __iter__(self):
         from .compositioncap import iter_training_samples
 
-        worker = get_worker_info()
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.rank, worker.id if worker else 0]))
+        rng = _worker_rng(self.seed, self.rank)
         tokens = TokenCache(self.tokenizer)
         pad_id = self.tokenizer.pad_token_id
         while True:

@@ -87,3 +87,28 @@ def test_installed_executable_runs_from_anywhere(ros, tmp_path):
         code = proc.stop()
     assert code in (0, -2), proc.log()
     assert region_ids(scene.labels)  # the scene had regions (the global task ignores them)
+
+
+def test_node_runs_on_the_onnxruntime_backend_with_the_same_captions(ros, tmp_path):
+    """backend:=onnxruntime with an empty engine folder: the node exports the default model on first use, then
+    captions through ONNX Runtime exactly what the torch captioner says."""
+    from finecaption_ros.captioner import Captioner
+
+    name = "onnxruntime_finecaption_node"
+    (tmp_path / "onnx").mkdir()
+    params = {"backend": "onnxruntime", "engine_dir": str(tmp_path / "onnx"), "qos": "reliable"}
+    proc = NodeProcess(node_command(params, name=name), tmp_path / "ort.log")
+    client = Client(name, name="ort_test_client")
+    try:
+        client.wait_for_node(proc)
+        scene = SceneGenerator(seed=21).sample()
+        client.publish(scene.image, scene.labels, 70.5)
+        msg = client.captions_for(70.5)
+    finally:
+        client.close()
+        code = proc.stop()
+    assert code in (0, -2), proc.log()
+    assert msg.backend == "onnxruntime"
+    assert (tmp_path / "onnx" / "manifest.json").is_file()
+    expected = Captioner.from_pretrained().caption(scene.image, scene.labels, task="dense")
+    assert [(c.region_id, c.caption) for c in msg.captions] == [(r.region_id, r.caption) for r in expected]
