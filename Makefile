@@ -43,12 +43,12 @@ default-model: setup
 	   finecaption_ros/checkpoints/default/
 
 # The README's ablation table: four variants, the same budget each, evaluated on the same fresh scenes.
-ABLATION_STEPS ?= 500
+ABLATION_STEPS ?= 400
 ablations: setup
-	$(VENV)/bin/finecaption train --out runs/ablation-full --steps $(ABLATION_STEPS) --threads 2
-	$(VENV)/bin/finecaption train --out runs/ablation-box --steps $(ABLATION_STEPS) --threads 2 --mask-mode box
-	$(VENV)/bin/finecaption train --out runs/ablation-nomask --steps $(ABLATION_STEPS) --threads 2 --mask-mode none
-	$(VENV)/bin/finecaption train --out runs/ablation-lowres --steps $(ABLATION_STEPS) --threads 2 --use-hr false
+	$(VENV)/bin/finecaption train --out runs/ablation-full --steps $(ABLATION_STEPS) --threads 1
+	$(VENV)/bin/finecaption train --out runs/ablation-box --steps $(ABLATION_STEPS) --threads 1 --mask-mode box
+	$(VENV)/bin/finecaption train --out runs/ablation-nomask --steps $(ABLATION_STEPS) --threads 1 --mask-mode none
+	$(VENV)/bin/finecaption train --out runs/ablation-lowres --steps $(ABLATION_STEPS) --threads 1 --use-hr false
 	for v in full box nomask lowres; do \
 	  $(VENV)/bin/finecaption eval --model runs/ablation-$$v --n 100 --seed 7 --tasks attribute \
 	    --out runs/ablation-$$v/eval.json > /dev/null; done
