@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -23,7 +24,7 @@ from .data.batches import AUX_CLASSES, CompositionCapBatches, SceneBatches
 from .data.compositioncap import load_compositioncap
 from .data.scenes import world_texts
 from .model.config import FineCaptionConfig
-from .model.finecaption import FineCaptionModel, load_tokenizer
+from .model.finecaption import WEIGHTS_NAME, FineCaptionModel, load_tokenizer
 from .model.tokenizer import build_word_tokenizer
 from .tasks import ATTRIBUTE_TASK, TASKS, prompt_for
 
@@ -50,6 +51,12 @@ class TrainSettings:
     mask_mode: str | None = None  # ablations override the config's
     use_hr: bool | None = None
     max_minutes: float | None = None
+    init_from: str | None = None  # start from this model directory's weights (fine-tuning), fresh optimizer
+    context_grid: int | None = None  # overrides of the config's fusion settings
+    context_positions: bool | None = None
+    p_global: float = 0.25  # share of scenes that also train the global task
+    p_dense: float = 0.3  # share of regions asked for a dense caption (the rest: one attribute)
+    relation_boost: float = 1.0  # relative_location asked this many times as often as each other attribute
     compositioncap: str | None = None  # a CompositionCap-format annotation file: train on it instead of scenes
     image_root: str | None = None  # where its images are (default: the annotation file's folder)
 
@@ -95,11 +102,28 @@ def new_model(settings: TrainSettings, records=None):
         config.attributes = attributes
     config.decoder = dict(config.decoder, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    if settings.mask_mode is not None:
-        config.mask_mode = settings.mask_mode
-    if settings.use_hr is not None:
-        config.use_hr = settings.use_hr
+    _override(config, settings)
     return FineCaptionModel(config), tokenizer
+
+
+def _override(config: FineCaptionConfig, settings: TrainSettings) -> None:
+    for name in ("mask_mode", "use_hr", "context_grid", "context_positions"):
+        if getattr(settings, name) is not None:
+            setattr(config, name, getattr(settings, name))
+
+
+def model_from(directory: str, settings: TrainSettings):
+    """Fine-tuning start: a saved model's weights under its config plus the overrides; parameters the overrides add
+    (e.g. context positions) start as the model initialises them."""
+    config = FineCaptionConfig.load(directory)
+    _override(config, settings)
+    model = FineCaptionModel(config)
+    missing, unexpected = model.load_state_dict(load_file(str(Path(directory) / WEIGHTS_NAME)), strict=False)
+    if unexpected:
+        raise ValueError(f"{directory} has weights this config does not use: {unexpected[:5]}")
+    if missing:
+        print(f"initialised fresh: {', '.join(missing)}")
+    return model, load_tokenizer(directory)
 
 
 def learning_rate(step: int, settings: TrainSettings) -> float:
@@ -128,7 +152,10 @@ def train(settings: TrainSettings) -> Path:
     if settings.compositioncap:
         root = settings.image_root or str(Path(settings.compositioncap).parent)
         records = load_compositioncap(settings.compositioncap, root)
-    if settings.resume and (out / TRAINER_STATE).is_file():
+    if settings.init_from and not (settings.resume and (out / TRAINER_STATE).is_file()):
+        model, tokenizer = model_from(settings.init_from, settings)
+        state = None
+    elif settings.resume and (out / TRAINER_STATE).is_file():
         model = FineCaptionModel.from_pretrained(out).train()
         tokenizer = load_tokenizer(out)
         state = torch.load(out / TRAINER_STATE, map_location="cpu")
@@ -149,7 +176,8 @@ def train(settings: TrainSettings) -> Path:
                                      seed=settings.seed + start_step, rank=ctx.rank)
     else:
         data = SceneBatches(tokenizer, settings.scenes_per_batch, model.config.hr_image_size,
-                            seed=settings.seed + start_step, rank=ctx.rank)
+                            seed=settings.seed + start_step, rank=ctx.rank, p_global=settings.p_global,
+                            p_dense=settings.p_dense, relation_boost=settings.relation_boost)
     loader = DataLoader(data, batch_size=None, num_workers=settings.workers,
                         persistent_workers=settings.workers > 0)
     if ctx.main:

@@ -89,3 +89,28 @@ def test_training_on_compositioncap_format_data(tmp_path):
     labels = np.zeros((128, 128), dtype=np.int32)
     labels[10:50, 10:50] = 1
     assert len(captioner.caption(scene_image, labels, task="attribute", attributes=["color"], max_new_tokens=3)) == 1
+
+
+def test_fine_tuning_starts_from_a_saved_model_and_new_context_positions_start_neutral(tmp_path, random_model_dir):
+    from finecaption_ros.model.inputs import normalise_frames
+
+    base = FineCaptionModel.from_pretrained(random_model_dir)
+    settings = small(tmp_path / "ft", init_from=str(random_model_dir), context_positions=True)
+    from finecaption_ros.train import model_from
+
+    tuned, _ = model_from(settings.init_from, settings)
+    assert tuned.config.context_positions and torch.count_nonzero(tuned.fusion.context_position.weight) == 0
+    images = torch.randint(0, 255, (1, 256, 256, 3), dtype=torch.uint8)
+    masks = torch.zeros(1, 1, 256, 256)
+    masks[..., 40:90, 60:120] = 1
+    boxes = torch.tensor([[60 / 256, 40 / 256, 120 / 256, 90 / 256]])
+    c = base.config
+    hr = normalise_frames(images, c.hr_image_size, c.image_mean, c.image_std)
+    lr = normalise_frames(images, c.lr_image_size, c.image_mean, c.image_std)
+    index = torch.zeros(1, dtype=torch.long)
+    with torch.no_grad():
+        before = base.visual_tokens(lr, masks, boxes, base.encode_frames(hr), index)
+        after = tuned.visual_tokens(lr, masks, boxes, tuned.encode_frames(hr), index)
+    assert torch.allclose(before, after)  # zero-initialised: the loaded model behaves as saved
+    out = train(settings)
+    assert FineCaptionModel.from_pretrained(out).config.context_positions

@@ -36,8 +36,11 @@ class TokenCache:
         return list(self._encode(text))
 
 
-def region_samples(scene: Scene, rng: np.random.Generator, p_global: float, p_dense: float):
+def region_samples(scene: Scene, rng: np.random.Generator, p_global: float, p_dense: float,
+                   relation_boost: float = 1.0):
     """(mask or None, task, attribute, caption, aux labels or None): one per object, sometimes the whole image."""
+    weights = np.array([relation_boost if a == "relative_location" else 1.0 for a in ATTRIBUTES])
+    weights /= weights.sum()
     samples = []
     if rng.random() < p_global:
         samples.append((None, GLOBAL_TASK, None, scene.global_caption(), None))
@@ -46,7 +49,9 @@ def region_samples(scene: Scene, rng: np.random.Generator, p_global: float, p_de
         if rng.random() < p_dense:
             samples.append((scene.mask(obj.region_id), DENSE_TASK, None, obj.dense_caption(), aux))
         else:
-            attribute = ATTRIBUTES[rng.integers(len(ATTRIBUTES))]
+            # Unboosted draws keep the random stream the default checkpoint was trained with.
+            pick = rng.integers(len(ATTRIBUTES)) if relation_boost == 1.0 else rng.choice(len(ATTRIBUTES), p=weights)
+            attribute = ATTRIBUTES[pick]
             samples.append((scene.mask(obj.region_id), ATTRIBUTE_TASK, attribute, obj.attribute(attribute), aux))
     return samples
 
@@ -110,7 +115,7 @@ class SceneBatches(IterableDataset):
     """An endless stream of batches; each worker and each DDP rank draws its own scenes."""
 
     def __init__(self, tokenizer, scenes_per_batch: int, side: int, seed: int, rank: int = 0,
-                 p_global: float = 0.25, p_dense: float = 0.3, scene_size: int = 256):
+                 p_global: float = 0.25, p_dense: float = 0.3, scene_size: int = 256, relation_boost: float = 1.0):
         self.tokenizer = tokenizer
         self.scenes_per_batch = scenes_per_batch
         self.side = side
@@ -119,6 +124,7 @@ class SceneBatches(IterableDataset):
         self.p_global = p_global
         self.p_dense = p_dense
         self.scene_size = scene_size
+        self.relation_boost = relation_boost
 
     def __iter__(self):
         rng = _worker_rng(self.seed, self.rank)
@@ -127,7 +133,7 @@ class SceneBatches(IterableDataset):
         pad_id = self.tokenizer.pad_token_id
         while True:
             scenes = [generator.sample() for _ in range(self.scenes_per_batch)]
-            samples = [region_samples(s, rng, self.p_global, self.p_dense) for s in scenes]
+            samples = [region_samples(s, rng, self.p_global, self.p_dense, self.relation_boost) for s in scenes]
             yield collate([s.image for s in scenes], samples, tokens, self.side, pad_id)
 
 

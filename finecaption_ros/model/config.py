@@ -32,6 +32,7 @@ class FineCaptionConfig:
     use_hr: bool = True  # False gives the low-res-only ablation
     mask_mode: str = "mask"
     context_grid: int | None = 4  # fused feature map pooled to this grid; None keeps every cell as a token
+    context_positions: bool = False  # add each context cell's 2-D position to its token
     region_grid: int = 4  # RoI-aligned cells per side inside the region's box
     roi_sampling: int = 4  # bilinear samples per cell side (RoI-Align)
     shape_grid: int = 8  # the mask inside its box, resampled to this grid, feeds the region summary token

@@ -49,7 +49,8 @@ class FineCaptionModel(nn.Module):
             hr_channels=self.hr_encoder.out_channels if self.hr_encoder else 0,
             fine_channels=self.hr_encoder.fine_channels if self.hr_encoder else 0,
             width=width, adapter_hidden=config.adapter_hidden, context_grid=config.context_grid,
-            region_grid=config.region_grid, roi_sampling=config.roi_sampling, shape_grid=config.shape_grid)
+            region_grid=config.region_grid, roi_sampling=config.roi_sampling, shape_grid=config.shape_grid,
+            context_positions=config.context_positions)
         # Auxiliary attribute classifiers on the summary token: a training signal only, never used to caption.
         self.aux_heads = nn.ModuleDict({name: nn.Linear(width, len(values))
                                         for name, values in config.aux_classes.items()})

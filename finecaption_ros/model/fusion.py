@@ -43,6 +43,15 @@ def box_features(boxes: torch.Tensor) -> torch.Tensor:
     return torch.cat([geometry, angles.sin().flatten(1), angles.cos().flatten(1)], dim=-1)
 
 
+def cell_boxes(rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+    """Box features of every cell of a rows x cols grid, in raster order: (rows*cols, BOX_FEATURES)."""
+    y = torch.arange(rows, dtype=like.dtype, device=like.device) / rows
+    x = torch.arange(cols, dtype=like.dtype, device=like.device) / cols
+    y0, x0 = torch.meshgrid(y, x, indexing="ij")
+    boxes = torch.stack([x0, y0, x0 + 1.0 / cols, y0 + 1.0 / rows], dim=-1).reshape(-1, 4)
+    return box_features(boxes)
+
+
 class MLPAdapter(nn.Sequential):
     def __init__(self, in_features: int, hidden: int, out_features: int):
         super().__init__(nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, out_features))
@@ -50,7 +59,8 @@ class MLPAdapter(nn.Sequential):
 
 class RegionFusion(nn.Module):
     def __init__(self, vit_channels: int, hr_channels: int, fine_channels: int, width: int, adapter_hidden: int,
-                 context_grid: int | None, region_grid: int, roi_sampling: int, shape_grid: int):
+                 context_grid: int | None, region_grid: int, roi_sampling: int, shape_grid: int,
+                 context_positions: bool = False):
         super().__init__()
         self.use_hr = hr_channels > 0
         self.context_grid = context_grid
@@ -61,6 +71,13 @@ class RegionFusion(nn.Module):
         self.hr_norm = nn.LayerNorm(hr_channels) if self.use_hr else None
         self.fine_norm = nn.LayerNorm(fine_channels) if self.use_hr else None
         self.context_adapter = MLPAdapter(vit_channels + hr_channels, adapter_hidden, width)
+        # ConvNeXt features carry no absolute position and the decoder's RoPE sees only raster order: each context
+        # token gets its cell's 2-D place, so "the object left of this region" can be found. Zero-initialised, so
+        # a checkpoint trained without it is unchanged until fine-tuning uses it.
+        self.context_position = nn.Linear(BOX_FEATURES, width) if context_positions else None
+        if self.context_position is not None:
+            nn.init.zeros_(self.context_position.weight)
+            nn.init.zeros_(self.context_position.bias)
         cell_channels = vit_channels + fine_channels + 1  # + mask coverage of the cell
         self.region_adapter = MLPAdapter(cell_channels, adapter_hidden, width)
         # summary: masked means, coverage, the mask's shape inside its box, and the box itself (where and how big)
@@ -87,6 +104,8 @@ class RegionFusion(nn.Module):
         if self.context_grid:
             fused = F.adaptive_avg_pool2d(fused, self.context_grid)
         context = self.context_adapter(fused.flatten(2).transpose(1, 2))
+        if self.context_position is not None:
+            context = context + self.context_position(cell_boxes(*fused.shape[-2:], fused)).unsqueeze(0)
 
         # Region cells: each map is RoI-aligned at its own resolution (cheap), the high-res one masked first so
         # that another object inside the same box does not leak into this region's cells.
