@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -24,7 +23,7 @@ from .data.batches import AUX_CLASSES, CompositionCapBatches, SceneBatches
 from .data.compositioncap import load_compositioncap
 from .data.scenes import world_texts
 from .model.config import FineCaptionConfig
-from .model.finecaption import WEIGHTS_NAME, FineCaptionModel, load_tokenizer
+from .model.finecaption import FineCaptionModel, load_tokenizer
 from .model.tokenizer import build_word_tokenizer
 from .tasks import ATTRIBUTE_TASK, TASKS, prompt_for
 
@@ -117,12 +116,7 @@ def model_from(directory: str, settings: TrainSettings):
     (e.g. context positions) start as the model initialises them."""
     config = FineCaptionConfig.load(directory)
     _override(config, settings)
-    model = FineCaptionModel(config)
-    missing, unexpected = model.load_state_dict(load_file(str(Path(directory) / WEIGHTS_NAME)), strict=False)
-    if unexpected:
-        raise ValueError(f"{directory} has weights this config does not use: {unexpected[:5]}")
-    if missing:
-        print(f"initialised fresh: {', '.join(missing)}")
+    model = FineCaptionModel.from_pretrained(directory, config=config, allow_new_parameters=True)
     return model, load_tokenizer(directory)
 
 

@@ -139,17 +139,22 @@ class FineCaptionModel(nn.Module):
             tokenizer.save_pretrained(str(directory))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "FineCaptionModel":
+    def from_pretrained(cls, directory: str | Path, config: FineCaptionConfig | None = None,
+                        allow_new_parameters: bool = False) -> "FineCaptionModel":
+        """`config` replaces the saved one (fine-tuning with changed fusion settings); with `allow_new_parameters`
+        the parameters it adds keep their initialisation instead of being an error."""
         directory = Path(directory)
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}: is this a FineCaption model directory?")
-        model = cls(FineCaptionConfig.load(directory))
+        model = cls(config or FineCaptionConfig.load(directory))
         missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
         missing = [k for k in missing if not _is_tied_copy(model, k)]
-        if missing or unexpected:
+        if unexpected or (missing and not allow_new_parameters):
             raise ValueError(f"{weights} does not match its config: missing {missing[:5]}, unexpected "
                              f"{unexpected[:5]}")
+        if missing:
+            print(f"initialised fresh: {', '.join(missing)}")
         return model.eval()
 
 
