@@ -53,6 +53,8 @@ class TrainSettings:
     init_from: str | None = None  # start from this model directory's weights (fine-tuning), fresh optimizer
     context_grid: int | None = None  # overrides of the config's fusion settings
     context_positions: bool | None = None
+    neighbor_tokens: int | None = None
+    count_token: bool | None = None
     p_global: float = 0.25  # share of scenes that also train the global task
     p_dense: float = 0.3  # share of regions asked for a dense caption (the rest: one attribute)
     relation_boost: float = 1.0  # relative_location asked this many times as often as each other attribute
@@ -106,7 +108,7 @@ def new_model(settings: TrainSettings, records=None):
 
 
 def _override(config: FineCaptionConfig, settings: TrainSettings) -> None:
-    for name in ("mask_mode", "use_hr", "context_grid", "context_positions"):
+    for name in ("mask_mode", "use_hr", "context_grid", "context_positions", "neighbor_tokens", "count_token"):
         if getattr(settings, name) is not None:
             setattr(config, name, getattr(settings, name))
 

@@ -53,7 +53,8 @@ def test_ablation_variants_build_and_run():
     boxes = torch.tensor([[20 / 256, 10 / 256, 80 / 256, 60 / 256], [100 / 256, 100 / 256, 140 / 256, 200 / 256]])
     tokens = []
     for mask_mode, use_hr in (("mask", True), ("box", True), ("none", True), ("mask", False)):
-        model, _ = new_model(TrainSettings(mask_mode=mask_mode, use_hr=use_hr))
+        # as `make ablations` builds them: FineCaption's own architecture, no scene-context tokens
+        model, _ = new_model(TrainSettings(mask_mode=mask_mode, use_hr=use_hr, neighbor_tokens=0, count_token=False))
         assert (model.hr_encoder is not None) == use_hr
         from finecaption_ros.model.inputs import normalise_frames
         c = model.config

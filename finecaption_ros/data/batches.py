@@ -57,13 +57,15 @@ def region_samples(scene: Scene, rng: np.random.Generator, p_global: float, p_de
 
 
 def collate(frames: list[np.ndarray], samples_per_frame: list[list], tokens: TokenCache, side: int, pad_id: int,
-            num_aux: int = len(AUX_CLASSES)) -> dict[str, torch.Tensor]:
+            num_aux: int = len(AUX_CLASSES), centres_per_frame: list | None = None) -> dict[str, torch.Tensor]:
     """Frames (HxWx3 uint8, sizes may differ) and their samples -> one training batch (see FineCaptionModel.forward).
 
     Masks become coverage at the model's high-res side per frame; frames of other sizes are resized to side x side
-    (the model resizes to that anyway), so a batch may mix image sizes.
+    (the model resizes to that anyway), so a batch may mix image sizes. `centres_per_frame`: for each frame the
+    (x, y) centres of all its objects normalised to [0, 1], or None where they are not all known (count training).
+    Whole-image samples (global task) get their own neighbour group: they are nobody's neighbour.
     """
-    coverages, boxes, frame_index, sequences, prompt_lengths, aux = [], [], [], [], [], []
+    coverages, boxes, frame_index, groups, sequences, prompt_lengths, aux = [], [], [], [], [], [], []
     images = []
     for frame, (image, samples) in enumerate(zip(frames, samples_per_frame)):
         masks = [np.ones(image.shape[:2], dtype=bool) if mask is None else mask for mask, *_ in samples]
@@ -71,8 +73,9 @@ def collate(frames: list[np.ndarray], samples_per_frame: list[list], tokens: Tok
         coverages.append(coverage)
         boxes.append(frame_boxes)
         images.append(_square(image, side))
-        for _, task, attribute, caption, labels in samples:
+        for mask, task, attribute, caption, labels in samples:
             frame_index.append(frame)
+            groups.append(2 * frame + (mask is None))
             prompt = tokens.encode(prompt_for(task, attribute))
             sequences.append(prompt + tokens.encode(caption) + [tokens.eos_id])
             prompt_lengths.append(len(prompt))
@@ -85,11 +88,17 @@ def collate(frames: list[np.ndarray], samples_per_frame: list[list], tokens: Tok
         token_ids[i, :len(seq)] = torch.tensor(seq)
         attention[i, :len(seq)] = 1
         labels[i, plen:len(seq)] = torch.tensor(seq[plen:])
+    centres_per_frame = centres_per_frame or [None] * len(frames)
+    centres = [(frame, x, y) for frame, known in enumerate(centres_per_frame) if known is not None
+               for x, y in known]
     return {
         "images": torch.from_numpy(np.stack(images)),
         "masks": torch.cat(coverages),
         "boxes": torch.cat(boxes),
         "frame_index": torch.tensor(frame_index),
+        "groups": torch.tensor(groups),
+        "object_centres": torch.tensor(centres, dtype=torch.float32).reshape(-1, 3),
+        "centres_known": torch.tensor([known is not None for known in centres_per_frame]),
         "token_ids": token_ids,
         "attention": attention,
         "labels": labels,
@@ -134,7 +143,9 @@ class SceneBatches(IterableDataset):
         while True:
             scenes = [generator.sample() for _ in range(self.scenes_per_batch)]
             samples = [region_samples(s, rng, self.p_global, self.p_dense, self.relation_boost) for s in scenes]
-            yield collate([s.image for s in scenes], samples, tokens, self.side, pad_id)
+            centres = [[(o.center[0] / s.image.shape[1], o.center[1] / s.image.shape[0]) for o in s.objects]
+                       for s in scenes]
+            yield collate([s.image for s in scenes], samples, tokens, self.side, pad_id, centres_per_frame=centres)
 
 
 class CompositionCapBatches(IterableDataset):

@@ -38,6 +38,8 @@ class FineCaptionConfig:
     shape_grid: int = 8  # the mask inside its box, resampled to this grid, feeds the region summary token
     region_feature_stage: int = 1  # ConvNeXt hidden state used for region cells (1 = stride 4)
     adapter_hidden: int = 256
+    neighbor_tokens: int = 0  # summary tokens of the K nearest other regions of the frame (relative location)
+    count_token: bool = False  # an object-count token from a density head over the high-res features
     aux_classes: dict[str, list[str]] = field(default_factory=dict)  # auxiliary attribute heads for training
     attributes: list[str] = field(default_factory=lambda: list(ATTRIBUTES))  # what the attribute task may ask
     image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)

@@ -20,6 +20,7 @@ from .fusion import RegionFusion
 from .hr_encoder import HighResEncoder
 from .inputs import normalise_frames
 from .mask_encoder import MaskAwareViT
+from .scene_context import NeighborTokens, ObjectCounter, density_targets
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -51,6 +52,12 @@ class FineCaptionModel(nn.Module):
             width=width, adapter_hidden=config.adapter_hidden, context_grid=config.context_grid,
             region_grid=config.region_grid, roi_sampling=config.roi_sampling, shape_grid=config.shape_grid,
             context_positions=config.context_positions)
+        self.neighbors = (NeighborTokens(width, config.neighbor_tokens, config.adapter_hidden)
+                          if config.neighbor_tokens else None)
+        self.counter = (ObjectCounter(self.hr_encoder.out_channels, width, config.adapter_hidden)
+                        if config.count_token and self.hr_encoder is not None else None)
+        # The fusion's summary token comes last, before the scene-context tokens appended after it.
+        self.summary_index = -1 - config.neighbor_tokens * (self.neighbors is not None) - (self.counter is not None)
         # Auxiliary attribute classifiers on the summary token: a training signal only, never used to caption.
         self.aux_heads = nn.ModuleDict({name: nn.Linear(width, len(values))
                                         for name, values in config.aux_classes.items()})
@@ -63,16 +70,26 @@ class FineCaptionModel(nn.Module):
         return FrameFeatures(coarse, fine)
 
     def visual_tokens(self, lr_pixels: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
-                      frames: FrameFeatures, frame_index: torch.Tensor) -> torch.Tensor:
+                      frames: FrameFeatures, frame_index: torch.Tensor,
+                      groups: torch.Tensor | None = None) -> torch.Tensor:
         """lr_pixels (F,3,s,s) per frame; masks (R,1,S,S) float at the high-res side; boxes (R,4) normalised;
-        frame_index (R,) which frame each region belongs to -> (R, T, width)."""
+        frame_index (R,) which frame each region belongs to; groups (R,) which regions are each other's neighbours
+        (default: those of the same frame) -> (R, T, width).
+
+        Token order: context, region cells, summary, then the neighbour tokens and the count token if configured."""
         masks, boxes = self.apply_mask_mode(masks, boxes)
         lr_size = self.config.lr_image_size
         lr_masks = F.interpolate(masks, size=(lr_size, lr_size), mode="area")
         vit_map = self.mask_encoder(lr_pixels[frame_index], lr_masks)
         coarse = frames.coarse[frame_index] if frames.coarse is not None else None
         fine = frames.fine[frame_index] if frames.fine is not None else None
-        return self.fusion(vit_map, coarse, fine, masks, boxes)
+        tokens = [self.fusion(vit_map, coarse, fine, masks, boxes)]
+        if self.neighbors is not None:
+            summary = tokens[0][:, -1]
+            tokens.append(self.neighbors(summary, boxes, frame_index if groups is None else groups))
+        if self.counter is not None:
+            tokens.append(self.counter(frames.coarse)[frame_index].unsqueeze(1))
+        return torch.cat(tokens, dim=1) if len(tokens) > 1 else tokens[0]
 
     def apply_mask_mode(self, masks: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The ablations: "box" replaces each mask by its filled box, "none" by the whole image."""
@@ -88,7 +105,7 @@ class FineCaptionModel(nn.Module):
         return (inside_y[:, :, None] & inside_x[:, None, :]).unsqueeze(1).to(masks.dtype), boxes
 
     def aux_logits(self, visual: torch.Tensor) -> dict[str, torch.Tensor]:
-        summary = visual[:, -1]
+        summary = visual[:, self.summary_index]
         return {name: head(summary) for name, head in self.aux_heads.items()}
 
     # ---- decoder ------------------------------------------------------------------------------------------------
@@ -107,15 +124,18 @@ class FineCaptionModel(nn.Module):
         return out.loss
 
     def forward(self, images, masks, boxes, frame_index, token_ids, attention, labels, aux_labels=None,
-                aux_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+                aux_weight: float = 0.0, groups=None, object_centres=None,
+                centres_known=None) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss for a batch of frames (uint8 B,H,W,3) and their regions; see `data/batches.py`."""
         config = self.config
         hr = normalise_frames(images, config.hr_image_size, config.image_mean, config.image_std)
         lr = normalise_frames(images, config.lr_image_size, config.image_mean, config.image_std)
         frames = self.encode_frames(hr if config.use_hr else None)
-        visual = self.visual_tokens(lr, masks, boxes, frames, frame_index)
+        visual = self.visual_tokens(lr, masks, boxes, frames, frame_index, groups)
         loss = self.caption_loss(visual, token_ids, attention, labels)
         stats = {"caption": loss.item()}
+        if self.counter is not None and object_centres is not None and centres_known is not None:
+            loss = loss + aux_weight * self._count_loss(frames.coarse, object_centres, centres_known, stats)
         if aux_labels is None or not self.aux_heads or aux_labels.shape[1] == 0:
             return loss, stats
         for column, (name, logits) in enumerate(self.aux_logits(visual).items()):
@@ -127,6 +147,19 @@ class FineCaptionModel(nn.Module):
             if keep.any():
                 stats[f"acc_{name}"] = (logits[keep].argmax(-1) == target[keep]).float().mean().item()
         return loss, stats
+
+    def _count_loss(self, coarse, centres, known, stats) -> torch.Tensor:
+        """Per-cell density against the object centres, plus the frame's total: frames whose objects are not all
+        known (real datasets) are left out."""
+        density = self.counter.density(coarse)
+        target = density_targets(centres, *density.shape)
+        if not known.any():
+            return density.sum() * 0  # keeps the head in the graph for DDP
+        density, target = density[known], target[known]
+        cells = F.mse_loss(density, target, reduction="sum") / len(density)
+        totals = F.smooth_l1_loss(density.sum(dim=(1, 2)), target.sum(dim=(1, 2)))
+        stats["acc_count"] = (density.sum(dim=(1, 2)).round() == target.sum(dim=(1, 2))).float().mean().item()
+        return cells + totals
 
     # ---- persistence --------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:
