@@ -119,14 +119,25 @@ class Captioner:
 
     # ---- the API ------------------------------------------------------------------------------------------------
     def caption(self, image: np.ndarray, masks=None, task: str = "dense", attributes: Sequence[str] | None = None,
-                max_new_tokens: int | None = None) -> list[RegionCaption]:
+                max_new_tokens: int | None = None, region_ids: Sequence[int] | None = None) -> list[RegionCaption]:
+        """Captions every region of `masks` (or the whole image for the global task).
+
+        `region_ids` captions only those regions (label values, or 1-based positions in a list of masks); the
+        others still count as their neighbours, which relative locations are named after. Pass all the frame's
+        regions in `masks` for relative locations; a region given alone has no neighbour to name.
+        """
         started = time.perf_counter()
         image = _check_image(image)
         task, attributes = self._check_task(task, attributes)
         if task == GLOBAL_TASK:
-            region_ids, region_masks = [0], np.ones((1,) + image.shape[:2], dtype=bool)
+            all_ids, region_masks = [0], np.ones((1,) + image.shape[:2], dtype=bool)
         else:
-            region_ids, region_masks = _split_masks(masks, image.shape[:2])
+            all_ids, region_masks = _split_masks(masks, image.shape[:2])
+        wanted = _check_region_ids(region_ids, all_ids) if task != GLOBAL_TASK else [0]
+        if wanted != all_ids and not self.config.neighbor_tokens:
+            keep = [all_ids.index(i) for i in wanted]  # no neighbour context: the others need no encoding at all
+            all_ids, region_masks = wanted, region_masks[keep]
+        region_ids = all_ids
         config = self.config
         frame = torch.from_numpy(np.ascontiguousarray(image))[None]
         hr = normalise_frames(frame, config.hr_image_size, config.image_mean, config.image_std) \
@@ -142,7 +153,8 @@ class Captioner:
         visual = self.engine.visual_tokens(lr, coverage, boxes, frames, torch.zeros(len(region_ids), dtype=torch.long))
         timings["region_encoder"] = _ms(stage)
 
-        requests = [(i, a) for i in range(len(region_ids)) for a in (attributes or [None])]
+        positions = [region_ids.index(i) for i in wanted]
+        requests = [(i, a) for i in positions for a in (attributes or [None])]
         stage = time.perf_counter()
         texts, confidences = [], []
         for chunk_start in range(0, len(requests), MAX_BATCH):
@@ -236,6 +248,19 @@ def _split_masks(masks, shape: tuple[int, int]) -> tuple[list[int], np.ndarray]:
         if not mask.any():
             raise CaptionerInputError(f"mask {i} is empty: it selects no pixel")
     return list(range(1, len(stack) + 1)), np.stack(stack)
+
+
+def _check_region_ids(region_ids, present: list[int]) -> list[int]:
+    if region_ids is None:
+        return present
+    wanted = [int(i) for i in region_ids]
+    missing = sorted(set(wanted) - set(present))
+    if missing:
+        raise CaptionerInputError(f"region_ids {missing} are not regions of the masks (present: "
+                                  f"{present[:10]}{' ...' if len(present) > 10 else ''})")
+    if not wanted:
+        raise CaptionerInputError("region_ids is empty: name at least one region, or pass None for all")
+    return [i for i in present if i in set(wanted)]
 
 
 def _check_shape(got, expected, what: str) -> None:

@@ -178,16 +178,18 @@ class CaptionPipeline:
         computed: dict[tuple[int, str], CaptionOut] = {}
         if compute:
             if task == GLOBAL_TASK:
-                model_masks = np.ones((h, w), dtype=np.int32)
+                model_masks, only = np.ones((h, w), dtype=np.int32), None
             else:
-                model_masks = labels if len(compute) == len(areas) else keep_only(labels, compute)
+                # Every selected region goes in, reused ones too: they are the recomputed regions' neighbours.
+                model_masks = labels if len(ids) == selection.present else keep_only(labels, ids)
+                only = compute if len(compute) < len(ids) else None
             t1 = time.perf_counter()
             try:
                 with self._model_lock:
                     outputs = self.captioner.caption(
                         image, model_masks, task=task,
                         attributes=list(attrs) if task == ATTRIBUTE_TASK else None,
-                        max_new_tokens=config.max_new_tokens or None)
+                        max_new_tokens=config.max_new_tokens or None, region_ids=only)
             except ValueError as err:  # CaptionerInputError is a ValueError
                 raise FrameError("captioner_error", f"captioner refused the frame: {err}") from err
             result.inference_s = time.perf_counter() - t1

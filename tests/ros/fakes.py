@@ -32,7 +32,7 @@ class FakeCaptioner:
     def __init__(self):
         self.calls: list[dict] = []
 
-    def caption(self, image, masks, task="dense", attributes=None, max_new_tokens=None):
+    def caption(self, image, masks, task="dense", attributes=None, max_new_tokens=None, region_ids=None):
         if task == "global":
             h, w = image.shape[:2]
             self.calls.append({"task": task, "ids": [0]})
@@ -42,7 +42,11 @@ class FakeCaptioner:
         ids = [int(i) for i in np.unique(masks) if i]
         if not ids:
             raise FakeInputError("the label map has no regions")
-        self.calls.append({"task": task, "ids": ids, "attributes": attributes})
+        context = ids
+        if region_ids is not None:
+            assert set(region_ids) <= set(ids), "region_ids must be regions of the masks"
+            ids = [i for i in ids if i in set(region_ids)]
+        self.calls.append({"task": task, "ids": ids, "context": context, "attributes": attributes})
         out = []
         for i in ids:
             m = masks == i

@@ -234,6 +234,7 @@ def test_pipeline_reuses_unchanged_regions_and_recomputes_changed_ones():
     second = pipe.process(image2, labels, now_s=1)
     assert [(c.region_id, c.reused) for c in second.captions] == [(5, True), (9, False)]
     assert fake.calls[-1]["ids"] == [9]
+    assert fake.calls[-1]["context"] == [5, 9]  # the reused region is still the recomputed one's neighbour
     assert second.captions[0].caption == first.captions[0].caption
     assert second.captions[0].bbox == (2, 2, 10, 10) and second.captions[0].mask_area == 100
     # A service-style call never reuses.
