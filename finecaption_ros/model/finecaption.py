@@ -81,8 +81,9 @@ class FineCaptionModel(nn.Module):
         lr_size = self.config.lr_image_size
         lr_masks = F.interpolate(masks, size=(lr_size, lr_size), mode="area")
         vit_map = self.mask_encoder(lr_pixels[frame_index], lr_masks)
-        coarse = frames.coarse[frame_index] if frames.coarse is not None else None
-        fine = frames.fine[frame_index] if frames.fine is not None else None
+        coarse, fine = self.fusion.normalise_frames(frames.coarse, frames.fine)
+        coarse = coarse[frame_index] if coarse is not None else None
+        fine = fine[frame_index] if fine is not None else None
         tokens = [self.fusion(vit_map, coarse, fine, masks, boxes)]
         if self.neighbors is not None:
             summary = tokens[0][:, -1]

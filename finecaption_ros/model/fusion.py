@@ -88,15 +88,23 @@ class RegionFusion(nn.Module):
     def _channel_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
         return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
-    def forward(self, vit_map: torch.Tensor, hr_coarse: torch.Tensor | None, hr_fine: torch.Tensor | None,
+    def normalise_frames(self, hr_coarse: torch.Tensor | None, hr_fine: torch.Tensor | None):
+        """The high-res maps' LayerNorms, per frame: they act on each pixel alone, so normalising before the maps
+        are gathered per region gives the same result at 1/R of the cost (the fine map is the largest tensor of
+        the region stage)."""
+        if not self.use_hr:
+            return hr_coarse, hr_fine
+        return self._channel_norm(self.hr_norm, hr_coarse), self._channel_norm(self.fine_norm, hr_fine)
+
+    def forward(self, vit_map: torch.Tensor, coarse: torch.Tensor | None, fine: torch.Tensor | None,
                 mask: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """vit_map (R,Cv,g,g); hr_* already gathered per region (R,...); mask (R,1,S,S) float; boxes (R,4).
+        """vit_map (R,Cv,g,g); coarse / fine: the high-res maps from `normalise_frames`, gathered per region
+        (R,...); mask (R,1,S,S) float; boxes (R,4).
 
         Returns visual tokens (R, T, width): context tokens then region tokens then the summary token.
         """
         vit_map = self._channel_norm(self.vit_norm, vit_map)
         if self.use_hr:
-            coarse = self._channel_norm(self.hr_norm, hr_coarse)
             vit_on_hr = F.interpolate(vit_map, size=coarse.shape[-2:], mode="bilinear", align_corners=False)
             fused = torch.cat([vit_on_hr, coarse], dim=1)
         else:
@@ -114,7 +122,6 @@ class RegionFusion(nn.Module):
         cells = [roi_align(vit_map, boxes, grid, sampling)]
         inside = [_masked_mean(vit_map, vit_mask)]
         if self.use_hr:
-            fine = self._channel_norm(self.fine_norm, hr_fine)
             fine_mask = F.interpolate(mask, size=fine.shape[-2:], mode="area")
             cells.append(roi_align(fine * fine_mask, boxes, grid, sampling))
             inside.append(_masked_mean(fine, fine_mask))
