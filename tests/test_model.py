@@ -102,3 +102,24 @@ def test_sam_encoder_joins_the_high_res_features_when_configured():
     with torch.no_grad():
         coarse, _ = model.hr_encoder(torch.randn(1, 3, 256, 256))
     assert coarse.shape == (1, 192 + 16, 8, 8)  # ConvNeXt's last stage + SAM's neck, on the same grid
+
+
+def test_area_coverage_equals_torch_area_resize_of_every_mask():
+    """The captioner's mask coverage skips everything outside each region's box; it must stay an exact area resize."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from finecaption_ros.model.inputs import area_coverage, mask_boxes
+
+    rng = np.random.default_rng(0)
+    for height, width in [(480, 640), (100, 37), (7, 300), (255, 257)]:
+        masks = rng.random((4, height, width)) > 0.7
+        masks[0] = False
+        masks[0, height // 3:height // 2 + 1, width // 4:width // 2 + 1] = True
+        masks[1] = False
+        masks[1, -1, -1] = True  # one pixel in the corner
+        masks[2] = False  # empty
+        for side in (256, 64):
+            expected = F.interpolate(torch.from_numpy(masks).unsqueeze(1).float(), size=(side, side), mode="area")
+            got = area_coverage(masks, mask_boxes(masks), side)
+            assert np.abs(expected[:, 0].numpy() - got).max() < 1e-5

