@@ -2,16 +2,18 @@
 
 One 640x480 frame with 8 regions, the regional ("dense") task, through `Captioner.caption` (preprocessing, frame
 encoder, region encoder, batched KV-cached greedy decoding). Each backend runs in its own persistent worker process
-(started with multiprocessing's 'spawn' context, loading its Captioner once); the parent sends both the same frames
-alternately, frame by frame (the order flips every frame), so background load hits both alike, with the same thread
-count, and collects the captions and timings. Why separate processes: in deployment a process runs only one
-backend, while in one shared process torch's OpenMP workers spin-wait after every torch call and compete for the
-cores with ONNX Runtime's threads, and both would share torch's thread pool for preprocessing and decoding. The
-worker not captioning blocks on its pipe, so only one backend computes at a time. Reports the median
+(started with multiprocessing's 'spawn' context, loading its Captioner once), as it is deployed: a node runs one
+backend on a stream of frames. The parent sends both workers the same frames in alternating blocks (`--block`,
+default 5 back to back; the order flips every block), so background load hits both alike, with the same thread
+count, and collects the captions and timings. The worker not captioning blocks on its pipe, so only one backend
+computes at a time. Why separate processes and blocks: torch's OpenMP workers spin-wait for a while after every
+torch call; in one shared process they compete with ONNX Runtime's threads, and right after a switch they still
+take cores from the other worker, so the first frame after a switch is not timed (`--block 1` alternates every
+frame and times all: it measures that interference too). Reports the median
 per-frame latency of each (and per stage), their ratio (target >= 1.3x), whether the captions agree, the export
 time and the ONNX file sizes.
 
-    PYTHONPATH=. python bench/engines_vs_torch.py [--model DIR] [--threads N] [--frames 30] [--json out.json]
+    PYTHONPATH=. python bench/engines_vs_torch.py [--model DIR] [--threads N] [--frames 40] [--block 5] [--json out.json]
 
 Without --model it uses the packaged default model, or a random-init tiny model when that is absent (a random model
 never emits EOS, so every caption runs to --max-new-tokens: the decoder's worst case).
@@ -145,8 +147,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None)
     parser.add_argument("--threads", type=int, default=None, help="threads for both backends (default: torch's)")
-    parser.add_argument("--frames", type=int, default=30, help="timed frames per backend")
+    parser.add_argument("--frames", type=int, default=40, help="frames per backend after the warm-up")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--block", type=int, default=5,
+                        help="frames each backend captions back to back before the other takes over; the first "
+                             "frame after a switch is not timed (1 = alternate every frame, all timed)")
     parser.add_argument("--regions", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -171,18 +176,23 @@ def main(argv=None) -> int:
                 handle.receive()  # ("ready"): both loaded before the first frame
             timings = {name: {stage: [] for stage in STAGES} for name in backends}
             agree = total = 0
-            for index, (image, masks) in enumerate(frames):
-                outputs = {}
-                order = list(backends) if index % 2 == 0 else list(reversed(backends))
+            for block, start in enumerate(range(0, len(frames), args.block)):
+                chunk = range(start, min(start + args.block, len(frames)))
+                outputs = {name: {} for name in backends}
+                order = list(backends) if block % 2 == 0 else list(reversed(backends))
                 for name in order:
-                    captions, stage_ms, wall = backends[name].caption(image, masks, args.max_new_tokens)
-                    outputs[name] = captions
-                    if index >= args.warmup:
-                        for stage in STAGES[:-1]:
-                            timings[name][stage].append(stage_ms[stage])
-                        timings[name]["total"].append(wall)
-                agree += sum(a == b for a, b in zip(outputs["torch"], outputs["onnxruntime"]))
-                total += len(outputs["torch"])
+                    for index in chunk:
+                        image, masks = frames[index]
+                        captions, stage_ms, wall = backends[name].caption(image, masks, args.max_new_tokens)
+                        outputs[name][index] = captions
+                        switched = args.block > 1 and index == chunk[0]  # the other worker ran just before
+                        if index >= args.warmup and not switched:
+                            for stage in STAGES[:-1]:
+                                timings[name][stage].append(stage_ms[stage])
+                            timings[name]["total"].append(wall)
+                for index in chunk:
+                    agree += sum(a == b for a, b in zip(outputs["torch"][index], outputs["onnxruntime"][index]))
+                    total += len(outputs["torch"][index])
         finally:
             for handle in backends.values():
                 handle.close()
@@ -192,8 +202,9 @@ def main(argv=None) -> int:
     sizes = {name: graph["bytes"] for name, graph in manifest["graphs"].items()}
     print(f"model: {manifest['model']['name']} ({source}), {platform.processor() or platform.machine()}, "
           f"{threads} threads, torch {torch.__version__}, one worker process per backend")
-    print(f"frame 640x480, {args.regions} regions, task dense, {args.frames} timed frames (+{args.warmup} warm-up), "
-          f"median ms per frame:\n")
+    timed = len(timings["torch"]["total"])
+    print(f"frame 640x480, {args.regions} regions, task dense, {timed} timed frames per backend in blocks of "
+          f"{args.block} (+{args.warmup} warm-up), median ms per frame:\n")
     print(f"{'stage':<16}{'torch eager':>14}{'onnxruntime':>14}{'speed-up':>10}")
     for stage in STAGES:
         t, o = medians["torch"][stage], medians["onnxruntime"][stage]
