@@ -130,14 +130,14 @@ class Captioner:
         image = _check_image(image)
         task, attributes = self._check_task(task, attributes)
         if task == GLOBAL_TASK:
-            all_ids, region_masks = [0], np.ones((1,) + image.shape[:2], dtype=bool)
+            present, region_masks = [0], np.ones((1,) + image.shape[:2], dtype=bool)
+            wanted = present
         else:
-            all_ids, region_masks = _split_masks(masks, image.shape[:2])
-        wanted = _check_region_ids(region_ids, all_ids) if task != GLOBAL_TASK else [0]
-        if wanted != all_ids and not self.config.neighbor_tokens:
-            keep = [all_ids.index(i) for i in wanted]  # no neighbour context: the others need no encoding at all
-            all_ids, region_masks = wanted, region_masks[keep]
-        region_ids = all_ids
+            present, region_masks = _split_masks(masks, image.shape[:2])
+            wanted = _check_region_ids(region_ids, present)
+        if wanted != present and not self.config.neighbor_tokens:
+            keep = [present.index(i) for i in wanted]  # no neighbour context: the others need no encoding at all
+            present, region_masks = wanted, region_masks[keep]
         config = self.config
         frame = torch.from_numpy(np.ascontiguousarray(image))[None]
         hr = normalise_frames(frame, config.hr_image_size, config.image_mean, config.image_std) \
@@ -150,10 +150,11 @@ class Captioner:
         frames = self.engine.encode_frames(hr)
         timings["frame_encoder"] = _ms(stage)
         stage = time.perf_counter()
-        visual = self.engine.visual_tokens(lr, coverage, boxes, frames, torch.zeros(len(region_ids), dtype=torch.long))
+        visual = self.engine.visual_tokens(lr, coverage, boxes, frames, torch.zeros(len(present), dtype=torch.long))
         timings["region_encoder"] = _ms(stage)
 
-        positions = [region_ids.index(i) for i in wanted]
+        wanted_set = set(wanted)
+        positions = [k for k, region_id in enumerate(present) if region_id in wanted_set]
         requests = [(i, a) for i in positions for a in (attributes or [None])]
         stage = time.perf_counter()
         texts, confidences = [], []
@@ -173,7 +174,7 @@ class Captioner:
         for (i, attribute), text, confidence in zip(requests, texts, confidences):
             x0, y0, x1, y1 = (int(v) for v in pixel_boxes[i])
             results.append(RegionCaption(
-                region_id=int(region_ids[i]), task=task, attribute=attribute or "", caption=text,
+                region_id=int(present[i]), task=task, attribute=attribute or "", caption=text,
                 confidence=confidence, bbox=(x0, y0, x1 - x0, y1 - y0), mask_area=int(region_masks[i].sum()),
                 timings_ms=dict(timings)))
         return results
@@ -260,7 +261,8 @@ def _check_region_ids(region_ids, present: list[int]) -> list[int]:
                                   f"{present[:10]}{' ...' if len(present) > 10 else ''})")
     if not wanted:
         raise CaptionerInputError("region_ids is empty: name at least one region, or pass None for all")
-    return [i for i in present if i in set(wanted)]
+    wanted_set = set(wanted)
+    return [i for i in present if i in wanted_set]
 
 
 def _check_shape(got, expected, what: str) -> None:

@@ -157,10 +157,10 @@ class FineCaptionModel(nn.Module):
         if not known.any():
             return density.sum() * 0  # keeps the head in the graph for DDP
         density, target = density[known], target[known]
+        counted, count = density.sum(dim=(1, 2)), target.sum(dim=(1, 2))
         cells = F.mse_loss(density, target, reduction="sum") / len(density)
-        totals = F.smooth_l1_loss(density.sum(dim=(1, 2)), target.sum(dim=(1, 2)))
-        stats["acc_count"] = (density.sum(dim=(1, 2)).round() == target.sum(dim=(1, 2))).float().mean().item()
-        return cells + totals
+        stats["acc_count"] = (counted.round() == count).float().mean().item()
+        return cells + F.smooth_l1_loss(counted, count)
 
     # ---- persistence --------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:

@@ -51,15 +51,14 @@ class NeighborTokens(nn.Module):
         index = torch.arange(regions, device=summary.device)
         excluded = (groups[:, None] != groups[None]) | (index[:, None] == index[None])
         distance = torch.where(excluded, torch.full_like(distance, _EXCLUDED_DISTANCE), distance)
-        # K "absent" candidates after every real one: topk always has K to choose from.
+        # K "absent" candidates after every real one and before every excluded one: topk always has K to choose
+        # from, and never picks the region itself or a region of another group.
         padding = torch.full((regions, k), _ABSENT_DISTANCE, dtype=distance.dtype, device=distance.device)
         order = torch.topk(torch.cat([distance, padding], dim=1), k, dim=1, largest=False).indices  # (R, K)
         present = (order < regions).unsqueeze(-1)
         chosen = order.clamp(max=regions - 1)
         offsets = centres[chosen] - centres[:, None]
         tokens = summary[chosen] + self.offset_adapter(offset_features(offsets))
-        # A neighbour from another frame is excluded too; the absent token replaces both.
-        present = present & ~torch.gather(excluded, 1, chosen).unsqueeze(-1)
         return torch.where(present, tokens, self.absent.to(tokens.dtype).expand_as(tokens))
 
 
