@@ -94,7 +94,11 @@ class Captioner:
                         engine_dir: str | Path | None = None, num_threads: int | None = None,
                         **backend_options) -> "Captioner":
         """`path=None` loads the default model embedded in the package; any other path must be a local model
-        directory (nothing is ever downloaded)."""
+        directory (nothing is ever downloaded).
+
+        `num_threads` sets torch's (process-wide) thread count and the engine's CPU threads. An engine backend
+        that computes on this CPU (onnxruntime without a GPU) then sets torch to one thread: torch only
+        preprocesses, and its idle OpenMP workers spin-wait on the cores the engine needs."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         model_dir = Path(path) if path is not None else DEFAULT_MODEL_DIR
@@ -106,6 +110,9 @@ class Captioner:
         config = FineCaptionConfig.load(model_dir)
         tokenizer = load_tokenizer(model_dir)
         engine = _load_backend(backend, model_dir, engine_dir, backend_options)
+        torch_threads = getattr(engine, "torch_threads", None)
+        if torch_threads:  # an engine on this CPU leaves torch only the preprocessing (see OnnxRuntimeBackend)
+            torch.set_num_threads(torch_threads)
         model_id = f"{config.name}-{weights_digest(model_dir)[:8]}"
         return cls(model_dir, config, tokenizer, engine, model_id)
 

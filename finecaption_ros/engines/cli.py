@@ -13,7 +13,8 @@ from pathlib import Path
 from .manifest import EngineError, PlanLimits
 
 _LIMIT_HELP = {
-    "max_regions": "regions per region-encoder call (more run in chunks)",
+    "max_regions": "regions per call (the region encoder runs more in chunks; models with neighbour tokens need "
+                   "every region of a frame in one call, so keep it >= the node's max_regions)",
     "max_batch": "sequences decoded together (regions x attributes; the captioner batches at most 64)",
     "max_prompt": "prompt tokens",
     "max_new_tokens": "generated tokens",
@@ -30,7 +31,7 @@ def _default_model() -> Path:
 def register(subparsers) -> None:
     export = subparsers.add_parser(
         "export-onnx", help="export a model to ONNX graphs (frame encoder, region encoder, decoder prefill/step)",
-        description="Exports the model's four graphs (opset >= 17) with its config, tokenizer and a manifest, then "
+        description="Exports the model's graphs (opset >= 17) with its config, tokenizer and a manifest, then "
                     "checks them against torch with ONNX Runtime.")
     export.add_argument("--model", type=Path, default=None, help="model directory (default: the packaged model)")
     export.add_argument("--out", type=Path, default=None,

@@ -1,4 +1,4 @@
-"""`finecaption export-onnx`: a model directory -> four ONNX graphs + config + tokenizer + manifest.
+"""`finecaption export-onnx`: a model directory -> ONNX graphs (four or five) + config + tokenizer + manifest.
 
 Uses the TorchScript-based exporter (`torch.onnx.export(dynamo=False)`) at opset 17: it needs no extra package,
 folds every static shape into constants, and gives plain ops that both ONNX Runtime and TensorRT >= 10 run (checked
@@ -113,7 +113,7 @@ def graph_specs(model: FineCaptionModel) -> dict:
     frame_axes = {"hr_pixels": {0: "frames"}, "coarse": {0: "frames"}, "fine": {0: "frames"}}
     region_axes = {"lr_pixels": {0: "frames"}, "masks": {0: "regions"}, "boxes": {0: "regions"},
                    "frame_index": {0: "regions"}, "coarse": {0: "frames"}, "fine": {0: "frames"},
-                   "visual": {0: "regions"}}
+                   "region_tokens": {0: "regions"}, "visual": {0: "regions"}}
     prefill_axes = {"visual": {0: "batch"}, "prompt_ids": {0: "batch", 1: "prompt"},
                     "attention_mask": {0: "batch", 1: "sequence"}, "position_ids": {0: "batch", 1: "sequence"},
                     "logits": {0: "batch"}, **{n: {0: "batch", 2: "sequence"} for n in present}}
@@ -123,8 +123,12 @@ def graph_specs(model: FineCaptionModel) -> dict:
     specs = {}
     if model.hr_encoder is not None:
         specs[G.FRAME_ENCODER] = (["hr_pixels"], ["coarse", "fine"], frame_axes)
-    specs[G.REGION_ENCODER] = (["lr_pixels", "masks", "boxes", "frame_index"] + hr_names, ["visual"],
+    specs[G.REGION_ENCODER] = (["lr_pixels", "masks", "boxes", "frame_index"] + hr_names, ["region_tokens"],
                                {k: v for k, v in region_axes.items() if k not in ("coarse", "fine") or hr_names})
+    if model.has_scene_tokens:
+        scene_inputs = G.scene_context_inputs(model)
+        specs[G.SCENE_CONTEXT] = (scene_inputs, ["visual"],
+                                  {k: v for k, v in region_axes.items() if k in scene_inputs + ["visual"]})
     specs[G.DECODER_PREFILL] = (["visual", "prompt_ids", "attention_mask", "position_ids"], ["logits"] + present,
                                 prefill_axes)
     specs[G.DECODER_STEP] = (["input_ids", "attention_mask", "position_ids"] + past, ["logits"] + present, step_axes)
@@ -141,10 +145,16 @@ def _torch_reference(model: FineCaptionModel, inputs: dict) -> dict[str, tuple]:
         frames = model.encode_frames(inputs["hr"] if model.hr_encoder is not None else None)
         if model.hr_encoder is not None:
             refs[G.FRAME_ENCODER] = ((inputs["hr"],), (frames.coarse, frames.fine))
-        visual = model.visual_tokens(inputs["lr"], inputs["masks"], inputs["boxes"], frames, inputs["frame_index"])
+        tokens = model.region_tokens(inputs["lr"], inputs["masks"], inputs["boxes"], frames, inputs["frame_index"])
         hr_args = (frames.coarse, frames.fine) if model.hr_encoder is not None else ()
         refs[G.REGION_ENCODER] = ((inputs["lr"], inputs["masks"], inputs["boxes"], inputs["frame_index"], *hr_args),
-                                  (visual,))
+                                  (tokens,))
+        visual = tokens
+        if model.has_scene_tokens:
+            visual = model.scene_tokens(tokens, inputs["boxes"], frames, inputs["frame_index"])
+            available = {"region_tokens": tokens, "boxes": inputs["boxes"], "frame_index": inputs["frame_index"],
+                         "coarse": frames.coarse}
+            refs[G.SCENE_CONTEXT] = (tuple(available[n] for n in G.scene_context_inputs(model)), (visual,))
         # Left-pad one sequence so padding, masking and positions are exercised.
         prompt_ids = inputs["prompt_ids"]
         count, num_visual = prompt_ids.shape[0], visual.shape[1]
@@ -177,7 +187,7 @@ def _cache_tensors(cache) -> list[torch.Tensor]:
 
 def _graph_module(name: str, model: FineCaptionModel) -> torch.nn.Module:
     return {G.FRAME_ENCODER: G.FrameEncoderGraph, G.REGION_ENCODER: G.RegionEncoderGraph,
-            G.DECODER_PREFILL: G.DecoderPrefillGraph, G.DECODER_STEP: G.DecoderStepGraph}[name](model).eval()
+            G.SCENE_CONTEXT: G.SceneContextGraph, G.DECODER_PREFILL: G.DecoderPrefillGraph, G.DECODER_STEP: G.DecoderStepGraph}[name](model).eval()
 
 
 def relative_error(actual, expected) -> float:
@@ -228,6 +238,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT
             torch.onnx.export(_graph_module(name, model), args, str(path), dynamo=False, opset_version=opset,
                               input_names=input_names, output_names=output_names, dynamic_axes=axes,
                               do_constant_folding=True)
+        _pin_static_output_dims(path, output_names, refs[name][1], axes)
         onnx.shape_inference.infer_shapes_path(str(path), str(path))
         graph = onnx.load(str(path), load_external_data=False).graph
         graphs[name] = {"file": path.name, "sha256": graph_sha256(path), "bytes": _graph_bytes(path),
@@ -246,7 +257,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT
         "model": {"name": model.config.name, "digest": weights_digest(model_dir), "source": str(model_dir)},
         "opset": opset,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
-        "num_visual_tokens": int(refs[G.REGION_ENCODER][1][0].shape[1]),
+        "num_visual_tokens": int(refs[G.DECODER_PREFILL][0][0].shape[1]),
         "hidden_size": int(decoder_config.hidden_size),
         "vocab_size": int(decoder_config.vocab_size),
         "num_layers": int(decoder_config.num_hidden_layers),
@@ -289,6 +300,23 @@ def _static_resize_sizes():
         yield
     finally:
         functional.interpolate = original
+
+
+def _pin_static_output_dims(path: Path, output_names: list[str], outputs, axes: dict) -> None:
+    """Writes the sizes of output axes that are not dynamic into the graph where the exporter left a symbol
+    (shape inference cannot see through Concat of gathered tokens), so the manifest and TensorRT see them fixed."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    changed = False
+    for value, name, reference in zip(model.graph.output, output_names, outputs):
+        dynamic = axes.get(name, {})
+        for index, dim in enumerate(value.type.tensor_type.shape.dim):
+            if index not in dynamic and not dim.HasField("dim_value"):
+                dim.dim_value = int(reference.shape[index])
+                changed = True
+    if changed:
+        onnx.save(model, str(path))
 
 
 def _graph_bytes(path: Path) -> int:

@@ -1,9 +1,12 @@
 """The four exportable graphs, as thin torch wrappers around a `FineCaptionModel`.
 
 - `frame_encoder`: hr_pixels (F,3,S,S) -> coarse (F,C,h,w), fine (F,C',H',W'). Runs once per frame.
-- `region_encoder`: lr_pixels (F,3,s,s), masks (R,1,S,S), boxes (R,4), frame_index (R,), coarse, fine -> visual
-  (R,T,D). The gather of each region's frame happens inside the graph, so one call covers every region of a batch
-  of frames.
+- `region_encoder`: lr_pixels (F,3,s,s), masks (R,1,S,S), boxes (R,4), frame_index (R,), coarse, fine ->
+  region_tokens (R,T0,D). The gather of each region's frame happens inside the graph, so one call covers every
+  region of a batch of frames; each region's tokens depend on it alone, so a backend may split the regions.
+- `scene_context` (models with neighbour or count tokens): region_tokens, [boxes (R,4)], frame_index, [coarse] ->
+  visual (R,T,D). Appends what depends on the other regions of the frame; one call must hold all of them. Without
+  it, `visual` is `region_tokens`.
 - `decoder_prefill`: visual (R,T,D), prompt_ids (R,P), attention_mask (R,T+P), position_ids (R,T+P) ->
   logits (R,V) at the last position, present.{i}.key / present.{i}.value (R,Hkv,T+P,hd).
 - `decoder_step`: input_ids (R,1), attention_mask (R,L+1), position_ids (R,1), past_key_values.{i}.key / .value
@@ -25,9 +28,10 @@ from ..model.finecaption import FineCaptionModel, FrameFeatures
 
 FRAME_ENCODER = "frame_encoder"
 REGION_ENCODER = "region_encoder"
+SCENE_CONTEXT = "scene_context"
 DECODER_PREFILL = "decoder_prefill"
 DECODER_STEP = "decoder_step"
-GRAPHS = (FRAME_ENCODER, REGION_ENCODER, DECODER_PREFILL, DECODER_STEP)
+GRAPHS = (FRAME_ENCODER, REGION_ENCODER, SCENE_CONTEXT, DECODER_PREFILL, DECODER_STEP)
 
 # Decoder layers built from these modules export as-is (Llama, Mistral without sliding window, Qwen2, ...).
 _LAYER_PARTS = ("input_layernorm", "post_attention_layernorm", "mlp", "self_attn")
@@ -57,7 +61,28 @@ class RegionEncoderGraph(nn.Module):
 
     def forward(self, lr_pixels, masks, boxes, frame_index, coarse=None, fine=None):
         frames = FrameFeatures(coarse, fine) if self.use_hr else FrameFeatures(None, None)
-        return self.model.visual_tokens(lr_pixels, masks, boxes, frames, frame_index)
+        return self.model.region_tokens(lr_pixels, masks, boxes, frames, frame_index)
+
+
+def scene_context_inputs(model: FineCaptionModel) -> list[str]:
+    """The scene_context graph's inputs: boxes only for neighbour tokens, coarse only for the count token."""
+    return (["region_tokens"] + ["boxes"] * (model.neighbors is not None) + ["frame_index"]
+            + ["coarse"] * (model.counter is not None))
+
+
+class SceneContextGraph(nn.Module):
+    def __init__(self, model: FineCaptionModel):
+        super().__init__()
+        self.model = model
+        self.inputs = scene_context_inputs(model)
+
+    def forward(self, *args):
+        named = dict(zip(self.inputs, args))
+        frames = FrameFeatures(named.get("coarse"), None)
+        boxes = named.get("boxes")
+        if boxes is None:  # no neighbour tokens: the boxes are never read
+            boxes = torch.zeros(named["region_tokens"].shape[0], 4)
+        return self.model.scene_tokens(named["region_tokens"], boxes, frames, named["frame_index"])
 
 
 def check_decoder_supported(decoder: nn.Module) -> None:

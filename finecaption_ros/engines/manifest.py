@@ -19,7 +19,9 @@ from pathlib import Path
 MANIFEST_NAME = "manifest.json"
 ONNX_FORMAT = "finecaption-onnx"
 PLAN_FORMAT = "finecaption-tensorrt-plans"
-EXPORTER_VERSION = 1  # bump when the graphs' I/O contract changes; older exports are then re-exported/refused
+# Bump when the graphs' I/O contract changes; older exports are then re-exported (or refused, naming the fix).
+# 2: the scene context (neighbour and count tokens) left the region encoder for its own graph.
+EXPORTER_VERSION = 2
 
 
 class EngineError(RuntimeError):
@@ -112,7 +114,7 @@ def plan_key(target: RuntimeTarget) -> str:
 class PlanLimits:
     """Optimisation-profile maxima baked into the plans (every dynamic axis has a min/opt/max)."""
     max_frames: int = 1
-    max_regions: int = 16  # regions per region-encoder call (more are run in chunks)
+    max_regions: int = 16  # regions per call; the region encoder runs more in chunks, scene_context cannot
     max_batch: int = 64  # sequences decoded together (captioner.MAX_BATCH)
     max_prompt: int = 32  # prompt tokens
     max_new_tokens: int = 32  # generated tokens

@@ -217,14 +217,24 @@ class TensorRTBackend:
         shared = {"lr_pixels": torch.as_tensor(lr_pixels)}
         if self.use_hr:
             shared.update(coarse=frames.coarse, fine=frames.fine)
+        count, step = masks.shape[0], self.limits.max_regions
+        scene = self.engines.get(G.SCENE_CONTEXT)
+        if scene is not None and count > step:
+            # Neighbour tokens are chosen among all the regions of a frame: they cannot be computed in chunks.
+            raise ValueError(f"{count} regions in one call exceed the plans' max_regions {step} of a model with "
+                             f"scene-context tokens; rebuild with `finecaption build-engine --max-regions {count}`")
         chunks = []
-        step = self.limits.max_regions
-        for start in range(0, masks.shape[0], step):  # more regions than the profile allows: run in chunks
+        for start in range(0, count, step):  # more regions than the profile allows: run in chunks
             feeds = dict(shared, masks=torch.as_tensor(masks[start:start + step]),
                          boxes=torch.as_tensor(boxes[start:start + step]),
                          frame_index=torch.as_tensor(frame_index[start:start + step]))
-            chunks.append(self.engines[G.REGION_ENCODER](feeds)["visual"])
-        return torch.cat(chunks)
+            chunks.append(self.engines[G.REGION_ENCODER](feeds)["region_tokens"])
+        tokens = torch.cat(chunks)
+        if scene is None:
+            return tokens
+        available = {"region_tokens": tokens, "boxes": torch.as_tensor(boxes),
+                     "frame_index": torch.as_tensor(frame_index), "coarse": frames.coarse}
+        return scene({name: available[name] for name in scene.inputs})["visual"]
 
     def decoder_session(self) -> "TrtDecoderSession":
         return TrtDecoderSession(self)

@@ -77,6 +77,13 @@ class FineCaptionModel(nn.Module):
         (default: those of the same frame) -> (R, T, width).
 
         Token order: context, region cells, summary, then the neighbour tokens and the count token if configured."""
+        tokens = self.region_tokens(lr_pixels, masks, boxes, frames, frame_index)
+        return self.scene_tokens(tokens, boxes, frames, frame_index, groups)
+
+    def region_tokens(self, lr_pixels: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
+                      frames: FrameFeatures, frame_index: torch.Tensor) -> torch.Tensor:
+        """Each region's own tokens (context, region cells, summary): (R, T0, width). A region's tokens depend on
+        it alone, so the regions may be encoded in any split (the engines shard them across threads)."""
         masks, boxes = self.apply_mask_mode(masks, boxes)
         lr_size = self.config.lr_image_size
         lr_masks = F.interpolate(masks, size=(lr_size, lr_size), mode="area")
@@ -84,13 +91,29 @@ class FineCaptionModel(nn.Module):
         coarse, fine = self.fusion.normalise_frames(frames.coarse, frames.fine)
         coarse = coarse[frame_index] if coarse is not None else None
         fine = fine[frame_index] if fine is not None else None
-        tokens = [self.fusion(vit_map, coarse, fine, masks, boxes)]
+        return self.fusion(vit_map, coarse, fine, masks, boxes)
+
+    @property
+    def has_scene_tokens(self) -> bool:
+        return self.neighbors is not None or self.counter is not None
+
+    def scene_tokens(self, tokens: torch.Tensor, boxes: torch.Tensor, frames: FrameFeatures,
+                     frame_index: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """Appends what depends on the other regions and the frame: the neighbour tokens (from the other regions'
+        summary tokens) and the count token. Needs every region of a frame at once. (R,T0,D) -> (R,T,D)."""
+        appended = [tokens]
         if self.neighbors is not None:
-            summary = tokens[0][:, -1]
-            tokens.append(self.neighbors(summary, boxes, frame_index if groups is None else groups))
+            boxes = self.mode_boxes(boxes)
+            appended.append(self.neighbors(tokens[:, -1], boxes, frame_index if groups is None else groups))
         if self.counter is not None:
-            tokens.append(self.counter(frames.coarse)[frame_index].unsqueeze(1))
-        return torch.cat(tokens, dim=1) if len(tokens) > 1 else tokens[0]
+            appended.append(self.counter(frames.coarse)[frame_index].unsqueeze(1))
+        return torch.cat(appended, dim=1) if len(appended) > 1 else tokens
+
+    def mode_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        """The boxes the model sees: the whole image for mask_mode "none", else the regions' own."""
+        if self.config.mask_mode == "none":
+            return torch.tensor([0.0, 0.0, 1.0, 1.0]).expand_as(boxes).to(boxes)
+        return boxes
 
     def apply_mask_mode(self, masks: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The ablations: "box" replaces each mask by its filled box, "none" by the whole image."""
@@ -98,7 +121,7 @@ class FineCaptionModel(nn.Module):
         if mode == "mask":
             return masks, boxes
         if mode == "none":
-            return torch.ones_like(masks), torch.tensor([0.0, 0.0, 1.0, 1.0]).expand_as(boxes).to(boxes)
+            return torch.ones_like(masks), self.mode_boxes(boxes)
         side = masks.shape[-1]
         coords = (torch.arange(side, device=masks.device, dtype=masks.dtype) + 0.5) / side
         inside_x = (coords[None] >= boxes[:, 0:1]) & (coords[None] <= boxes[:, 2:3])

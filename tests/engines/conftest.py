@@ -43,3 +43,13 @@ def parity_onnx_dir(parity_model_dir, random_model_dir, onnx_dir, tmp_path_facto
     out = tmp_path_factory.mktemp("parity_onnx")
     export_onnx(parity_model_dir, out)
     return out
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """An ONNX Runtime captioner sets torch to one thread for its process; the rest of the suite wants its own."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

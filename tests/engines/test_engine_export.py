@@ -53,7 +53,13 @@ def test_decoder_graphs_carry_the_kv_cache_with_dynamic_axes(onnx_dir):
     assert prefill_out["logits"]["shape"] == ["batch", manifest["vocab_size"]]
     region_in, region_out = io["region_encoder"]
     assert region_in["masks"]["shape"][0] == "regions" and region_in["lr_pixels"]["shape"][0] == "frames"
-    assert region_out["visual"]["shape"][0] == "regions"
+    assert list(region_out) == ["region_tokens"] and region_out["region_tokens"]["shape"][0] == "regions"
+    # the neighbour and count tokens need every region of a frame at once: their own graph, after the regions'
+    scene_in, scene_out = io["scene_context"]
+    assert list(scene_in) == ["region_tokens", "boxes", "frame_index", "coarse"]
+    width = manifest["hidden_size"]
+    assert scene_in["region_tokens"]["shape"] == ["regions", manifest["num_visual_tokens"] - 3, width]  # 2 + count
+    assert scene_out["visual"]["shape"] == ["regions", manifest["num_visual_tokens"], width]
     assert io["frame_encoder"][0]["hr_pixels"]["shape"] == ["frames", 3, manifest["hr_image_size"],
                                                            manifest["hr_image_size"]]
 

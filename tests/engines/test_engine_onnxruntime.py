@@ -13,7 +13,7 @@ from finecaption_ros.captioner import Captioner
 from finecaption_ros.data.scenes import SceneGenerator
 from finecaption_ros.engines import BackendUnavailableError, load_backend
 from finecaption_ros.engines.export import example_inputs, relative_error
-from finecaption_ros.engines.ort_backend import OnnxRuntimeBackend, OrtDecoderSession
+from finecaption_ros.engines.ort_backend import OnnxRuntimeBackend, OrtDecoderSession, ShardedRunner
 from finecaption_ros.model.finecaption import FineCaptionModel
 from finecaption_ros.model.generate import TorchDecoderSession, greedy_decode
 
@@ -26,9 +26,11 @@ def torch_model(random_model_dir):
     return FineCaptionModel.from_pretrained(random_model_dir)
 
 
-@pytest.fixture(scope="module")
-def ort_backend(onnx_dir):
-    return OnnxRuntimeBackend(onnx_dir)
+@pytest.fixture(scope="module", params=[1, 3], ids=["1-thread", "3-shards"])
+def ort_backend(onnx_dir, request):
+    """One thread, and three threads: the region batch split into three shards run at once (a shard's regions
+    still get their neighbour tokens from every region of the frame)."""
+    return OnnxRuntimeBackend(onnx_dir, num_threads=request.param)
 
 
 @pytest.mark.parametrize("frames,regions", [(1, 1), (1, 9), (3, 5)])
@@ -138,9 +140,33 @@ def test_captioner_runs_on_onnxruntime(random_model_dir, onnx_dir):
 
 def test_ort_threads_follow_the_option(onnx_dir):
     backend = OnnxRuntimeBackend(onnx_dir, num_threads=1)
-    options = backend.sessions["decoder_step"].get_session_options()
-    assert options.intra_op_num_threads == 1
-    assert backend.providers[-1] == "CPUExecutionProvider"
+    assert all(s.get_session_options().intra_op_num_threads == 1 for s in backend.sessions.values())
+    assert backend.shards == 1 and backend.providers[-1] == "CPUExecutionProvider"
+    # more threads on the CPU: region batches are split into shards, each run on one thread, all at once
+    backend = OnnxRuntimeBackend(onnx_dir, num_threads=3)
+    threads = {name: s.get_session_options().intra_op_num_threads for name, s in backend.sessions.items()}
+    assert threads == {"frame_encoder": 3, "region_encoder": 1, "scene_context": 1, "decoder_prefill": 1,
+                       "decoder_step": 1}
+    assert backend.shards == 3
+
+
+def test_an_onnxruntime_captioner_leaves_its_cpu_to_the_engine(random_model_dir, onnx_dir):
+    """torch only preprocesses: one thread, so its spinning OpenMP workers stay off the shards' cores."""
+    captioner = Captioner.from_pretrained(random_model_dir, backend="onnxruntime", engine_dir=onnx_dir,
+                                          num_threads=2)
+    assert torch.get_num_threads() == 1
+    assert captioner.engine.shards == 2
+    assert captioner.engine.sessions["frame_encoder"].get_session_options().intra_op_num_threads == 2
+    Captioner.from_pretrained(random_model_dir, num_threads=2)  # the torch backend computes in torch
+    assert torch.get_num_threads() == 2
+
+
+def test_shards_split_regions_evenly_and_never_empty():
+    runner = ShardedRunner(3)
+    assert runner.split(1) == [slice(0, 1)]
+    assert runner.split(2) == [slice(0, 1), slice(1, 2)]
+    assert runner.split(8) == [slice(0, 2), slice(2, 5), slice(5, 8)]
+    assert ShardedRunner(1).split(8) == [slice(0, 8)]
 
 
 def test_without_onnxruntime_the_backend_says_how_to_get_it(random_model_dir, onnx_dir, monkeypatch):

@@ -18,6 +18,7 @@ from finecaption_ros.engines import BackendUnavailableError, PlanLoadError, Plan
 from finecaption_ros.engines import trt_backend, trt_build
 from finecaption_ros.engines.cli import main as cli_main
 from finecaption_ros.engines.manifest import PlanLimits, PlanManifest, RuntimeTarget, plan_key, read_onnx_manifest
+from finecaption_ros.engines.graphs import GRAPHS
 
 ORIN = ("NVIDIA Jetson AGX Orin", "8.7")
 RUNNING_TRT = "10.3.0"
@@ -144,7 +145,7 @@ def test_mismatched_plans_are_rebuilt_by_default(on_orin, onnx_copy, rebuilds, c
                            plan_dir=onnx_copy / "tensorrt" / plan_key(orin_target()))
     engines, plans, _ = trt_backend.load_plans(onnx_copy, "fp16")
     assert len(rebuilds) == 1 and rebuilds[0]["plan_dir"] == plan_dir
-    assert plans.target.tensorrt == RUNNING_TRT and len(engines) == 4
+    assert plans.target.tensorrt == RUNNING_TRT and len(engines) == len(GRAPHS)
     assert "rebuilding" in caplog.text and "TensorRT version" in caplog.text
 
 
@@ -274,7 +275,7 @@ def test_print_trtexec_needs_neither_tensorrt_nor_a_gpu(onnx_dir, monkeypatch, c
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     assert cli_main(["build-engine", "--onnx", str(onnx_dir), "--print-trtexec", "--precision", "fp32"]) == 0
     out = capsys.readouterr().out
-    assert out.count("trtexec --onnx=") == 4 and "--fp16" not in out
+    assert out.count("trtexec --onnx=") == len(GRAPHS) and "--fp16" not in out
     assert "trt<version>_<gpu>_sm<cc>_fp32" in out
 
 
