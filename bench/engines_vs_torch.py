@@ -78,8 +78,9 @@ def model_dir_or_random(path: str | None, scratch: Path) -> tuple[Path, str]:
 
 
 def load_captioner(backend: str, model_dir: Path, engine_dir: Path, threads: int) -> Captioner:
-    """The Captioner a worker process serves, with `threads` torch threads in both workers (the ONNX Runtime
-    captioner still runs preprocessing and the decode loop in torch) and as ONNX Runtime's intra-op threads."""
+    """The Captioner a worker process serves, with the same CPU budget, `threads`, for both: torch's threads in
+    the torch worker, ONNX Runtime's in the other (whose captioner then sets torch, used only to preprocess, to one
+    thread: see OnnxRuntimeBackend)."""
     torch.set_num_threads(threads)
     if backend == "torch":
         return Captioner.from_pretrained(model_dir, num_threads=threads)

@@ -209,6 +209,7 @@ def main(argv=None) -> int:
         notes.append(f"export failed: {error}")
         onnx_dir = None
 
+    cpu_threads = torch.get_num_threads()
     captioners = {"torch (cpu, fp32)": Captioner.from_pretrained(model_dir)}
     if env["cuda_available"]:
         cuda = Captioner.from_pretrained(model_dir)
@@ -245,6 +246,9 @@ def main(argv=None) -> int:
     torch_ms = None
     for name, captioner in captioners.items():
         say(f"running {name}")
+        # torch's thread count is per process: give each captioner what it set for itself (an ONNX Runtime one on
+        # the CPU sets torch to one thread, which must not slow the torch rows)
+        torch.set_num_threads(getattr(captioner.engine, "torch_threads", None) or cpu_threads)
         try:
             got = [[r.caption for r in captioner.caption(s.image, s.labels, task="dense")] for s in scenes]
             same = sum(a == b for g, e in zip(got, expected) for a, b in zip(g, e))

@@ -1,4 +1,5 @@
-"""TensorRT: plan manifest and selection policy, unreadable plans, missing tensorrt, trtexec commands.
+"""TensorRT: plan manifest and selection policy, unreadable plans, missing tensorrt, trtexec commands, the binding
+of the region graphs.
 
 Everything but the last test runs without a GPU: `tensorrt` is replaced at the module boundary by a stand-in whose
 `Runtime.deserialize_cuda_engine` behaves like the real one (an engine object for a plan, None for bytes it cannot
@@ -277,6 +278,48 @@ def test_print_trtexec_needs_neither_tensorrt_nor_a_gpu(onnx_dir, monkeypatch, c
     out = capsys.readouterr().out
     assert out.count("trtexec --onnx=") == len(GRAPHS) and "--fp16" not in out
     assert "trt<version>_<gpu>_sm<cc>_fp32" in out
+
+
+# ---- the binding layer over stand-in plans -----------------------------------------------------------------------
+class OrtAsPlan:
+    """Stands in for a deserialized plan (`TrtEngine`): the same graph run by ONNX Runtime, torch tensors in/out."""
+
+    def __init__(self, path):
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.calls = 0
+
+    def __call__(self, feeds):
+        self.calls += 1
+        results = self.session.run(None, {name: feeds[name].numpy() for name in self.inputs})
+        return {name: torch.from_numpy(value) for name, value in zip(self.outputs, results)}
+
+
+def test_the_tensorrt_binding_encodes_regions_like_torch_and_refuses_to_split_a_scene(random_model_dir, onnx_dir):
+    """TensorRTBackend.visual_tokens over stand-in plans: region encoder in chunks of max_regions, then the scene
+    context over all of them; a frame with more regions than the scene-context profile is refused (its neighbour
+    tokens cannot be computed in chunks)."""
+    from finecaption_ros.engines.export import example_inputs, relative_error
+    from finecaption_ros.model.finecaption import FineCaptionModel
+
+    model = FineCaptionModel.from_pretrained(random_model_dir).eval()
+    x = example_inputs(model, frames=1, regions=6, seed=4)
+    x["frame_index"] = torch.zeros(6, dtype=torch.long)
+    with torch.inference_mode():
+        frames = model.encode_frames(x["hr"])
+        expected = model.visual_tokens(x["lr"], x["masks"], x["boxes"], frames, x["frame_index"])
+    backend = trt_backend.TensorRTBackend.__new__(trt_backend.TensorRTBackend)  # no GPU: bind the stand-ins
+    backend.engines = {name: OrtAsPlan(onnx_dir / f"{name}.onnx") for name in GRAPHS}
+    backend.use_hr = True
+    backend.limits = PlanLimits(max_regions=6)
+    got = backend.visual_tokens(x["lr"], x["masks"], x["boxes"], frames, x["frame_index"])
+    assert relative_error(got, expected) < 1e-4
+    backend.limits = PlanLimits(max_regions=4)
+    with pytest.raises(ValueError, match="--max-regions 6"):
+        backend.visual_tokens(x["lr"], x["masks"], x["boxes"], frames, x["frame_index"])
 
 
 # ---- the real thing ----------------------------------------------------------------------------------------------
