@@ -186,8 +186,10 @@ def _cache_tensors(cache) -> list[torch.Tensor]:
 
 
 def _graph_module(name: str, model: FineCaptionModel) -> torch.nn.Module:
-    return {G.FRAME_ENCODER: G.FrameEncoderGraph, G.REGION_ENCODER: G.RegionEncoderGraph,
-            G.SCENE_CONTEXT: G.SceneContextGraph, G.DECODER_PREFILL: G.DecoderPrefillGraph, G.DECODER_STEP: G.DecoderStepGraph}[name](model).eval()
+    modules = {G.FRAME_ENCODER: G.FrameEncoderGraph, G.REGION_ENCODER: G.RegionEncoderGraph,
+               G.SCENE_CONTEXT: G.SceneContextGraph, G.DECODER_PREFILL: G.DecoderPrefillGraph,
+               G.DECODER_STEP: G.DecoderStepGraph}
+    return modules[name](model).eval()
 
 
 def relative_error(actual, expected) -> float:

@@ -47,6 +47,27 @@ def test_encoders_match_torch_for_any_frame_and_region_count(torch_model, ort_ba
     assert relative_error(got, expected) < TOLERANCE
 
 
+def test_a_model_without_scene_tokens_exports_four_graphs_and_matches_torch(tmp_path):
+    """The paper's architecture (no neighbour or count tokens): no scene_context graph, the region encoder's
+    tokens are the visual tokens, and its regions may still be sharded."""
+    from finecaption_ros.engines.export import export_onnx
+    from finecaption_ros.train import TrainSettings, new_model
+
+    torch.manual_seed(1)
+    model, tokenizer = new_model(TrainSettings(neighbor_tokens=0, count_token=False))
+    model.save_pretrained(tmp_path / "model", tokenizer)
+    manifest = export_onnx(tmp_path / "model", tmp_path / "onnx", progress=lambda message: None)
+    assert list(manifest["graphs"]) == ["frame_encoder", "region_encoder", "decoder_prefill", "decoder_step"]
+    backend = OnnxRuntimeBackend(tmp_path / "onnx", num_threads=2)
+    x = example_inputs(model, frames=2, regions=5, seed=8)
+    with torch.inference_mode():
+        frames = model.encode_frames(x["hr"])
+        expected = model.visual_tokens(x["lr"], x["masks"], x["boxes"], frames, x["frame_index"])
+    got = backend.visual_tokens(x["lr"], x["masks"], x["boxes"], backend.encode_frames(x["hr"]), x["frame_index"])
+    assert got.shape == expected.shape == (5, manifest["num_visual_tokens"], manifest["hidden_size"])
+    assert relative_error(got, expected) < TOLERANCE
+
+
 class Recording:
     """Wraps a DecoderSession and keeps every logits array it returns."""
 
