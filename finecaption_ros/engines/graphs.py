@@ -1,4 +1,4 @@
-"""The exportable graphs (four, or five with scene-context tokens), as thin torch wrappers around a `FineCaptionModel`.
+"""The exportable graphs (four, or five with scene-context tokens): thin torch wrappers around a model.
 
 - `frame_encoder`: hr_pixels (F,3,S,S) -> coarse (F,C,h,w), fine (F,C',H',W'). Runs once per frame.
 - `region_encoder`: lr_pixels (F,3,s,s), masks (R,1,S,S), boxes (R,4), frame_index (R,), coarse, fine ->
