@@ -79,10 +79,7 @@ class SceneContextGraph(nn.Module):
     def forward(self, *args):
         named = dict(zip(self.inputs, args))
         frames = FrameFeatures(named.get("coarse"), None)
-        boxes = named.get("boxes")
-        if boxes is None:  # no neighbour tokens: the boxes are never read
-            boxes = torch.zeros(named["region_tokens"].shape[0], 4)
-        return self.model.scene_tokens(named["region_tokens"], boxes, frames, named["frame_index"])
+        return self.model.scene_tokens(named["region_tokens"], named.get("boxes"), frames, named["frame_index"])
 
 
 def check_decoder_supported(decoder: nn.Module) -> None:

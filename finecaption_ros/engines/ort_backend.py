@@ -94,7 +94,7 @@ class OnnxRuntimeBackend:
         shards = self.runner.split(len(per_region["masks"]))
         outputs = self.runner.run(self.sessions[G.REGION_ENCODER],
                                   [dict(shared, **{k: v[s] for k, v in per_region.items()}) for s in shards])
-        tokens = np.concatenate([out[0] for out in outputs]) if len(outputs) > 1 else outputs[0][0]
+        tokens = ShardedRunner.joined(outputs)
         if self.scene_inputs is None:
             return torch.from_numpy(tokens)
         available = dict(per_region, region_tokens=tokens, coarse=shared.get("coarse"))
@@ -135,6 +135,11 @@ class ShardedRunner:
         bounds = [rows * k // count for k in range(count + 1)]
         return [slice(bounds[k], bounds[k + 1]) for k in range(count)]
 
+    @staticmethod
+    def joined(outputs: list[list[np.ndarray]]) -> np.ndarray:
+        """The shards' first outputs as one batch (no copy for a single shard)."""
+        return np.concatenate([out[0] for out in outputs]) if len(outputs) > 1 else outputs[0][0]
+
     def run(self, session, feeds: list[dict]) -> list[list[np.ndarray]]:
         if len(feeds) == 1:
             return [session.run(None, feeds[0])]
@@ -174,4 +179,4 @@ class OrtDecoderSession:
 
     def _keep_cache(self, outputs: list[list[np.ndarray]]) -> np.ndarray:
         self.caches = [out[1:] for out in outputs]
-        return np.concatenate([out[0] for out in outputs]) if len(outputs) > 1 else outputs[0][0]
+        return ShardedRunner.joined(outputs)

@@ -97,10 +97,11 @@ class FineCaptionModel(nn.Module):
     def has_scene_tokens(self) -> bool:
         return self.neighbors is not None or self.counter is not None
 
-    def scene_tokens(self, tokens: torch.Tensor, boxes: torch.Tensor, frames: FrameFeatures,
+    def scene_tokens(self, tokens: torch.Tensor, boxes: torch.Tensor | None, frames: FrameFeatures,
                      frame_index: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         """Appends what depends on the other regions and the frame: the neighbour tokens (from the other regions'
-        summary tokens) and the count token. Needs every region of a frame at once. (R,T0,D) -> (R,T,D)."""
+        summary tokens) and the count token. Needs every region of a frame at once. (R,T0,D) -> (R,T,D).
+        `boxes` is read only for neighbour tokens (None will do without them)."""
         appended = [tokens]
         if self.neighbors is not None:
             boxes = self.mode_boxes(boxes)
