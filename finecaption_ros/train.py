@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from .data.batches import AUX_CLASSES, CompositionCapBatches, SceneBatches
 from .data.compositioncap import load_compositioncap
 from .data.scenes import world_texts
 from .model.config import FineCaptionConfig
-from .model.finecaption import FineCaptionModel, load_tokenizer
+from .model.finecaption import WEIGHTS_NAME, FineCaptionModel, load_tokenizer
 from .model.tokenizer import build_word_tokenizer
 from .tasks import ATTRIBUTE_TASK, TASKS, prompt_for
 
@@ -60,6 +61,28 @@ class TrainSettings:
     relation_boost: float = 1.0  # relative_location asked this many times as often as each other attribute
     compositioncap: str | None = None  # a CompositionCap-format annotation file: train on it instead of scenes
     image_root: str | None = None  # where its images are (default: the annotation file's folder)
+    overwrite: bool = False  # replace a model already in `out` (without --resume, training refuses to)
+
+    def check(self) -> None:
+        """Raise ValueError naming the first setting that cannot train."""
+        limits = {  # name: (lowest, highest, lowest allowed itself)
+            "steps": (1, None, True), "scenes_per_batch": (1, None, True), "lr": (0, None, False),
+            "min_lr_ratio": (0, 1, True), "warmup": (0, None, True), "weight_decay": (0, None, True),
+            "aux_weight": (0, None, True), "checkpoint_every": (1, None, True), "seed": (0, 2**32 - 1, True),
+            "threads": (1, 1024, True), "workers": (0, 64, True), "max_minutes": (0, None, False),
+            "context_grid": (1, 64, True), "neighbor_tokens": (0, 16, True), "p_global": (0, 1, True),
+            "p_dense": (0, 1, True), "relation_boost": (0, None, False),
+        }
+        for name, (low, high, inclusive) in limits.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            flag = "--" + name.replace("_", "-")
+            if not math.isfinite(value):
+                raise ValueError(f"{flag} must be a finite number, got {value}")
+            if value < low or (value == low and not inclusive) or (high is not None and value > high):
+                bound = f"{'>=' if inclusive else '>'} {low}" + (f" and <= {high}" if high is not None else "")
+                raise ValueError(f"{flag} must be {bound}, got {value}")
 
 
 class DistributedContext:
@@ -137,12 +160,42 @@ def save_checkpoint(model, tokenizer, optimizer, step: int, settings: TrainSetti
                 "settings": asdict(settings)}, out / TRAINER_STATE)
 
 
+def _refuse_overwrite(settings: TrainSettings, out: Path) -> None:
+    """`--out` already holding a model is replaced only on request: training would overwrite its weights and
+    tokenizer from step 0."""
+    if settings.overwrite or not (out / WEIGHTS_NAME).exists():
+        return
+    if settings.resume and (out / TRAINER_STATE).is_file():
+        return
+    why = f"has no {TRAINER_STATE} to resume from" if settings.resume else "already holds a model"
+    raise ValueError(f"--out {out} {why} ({WEIGHTS_NAME}); pass --overwrite to replace it, --init-from {out} to "
+                     "fine-tune it into another --out, or choose another --out")
+
+
+def _load_trainer_state(path: Path) -> dict:
+    fix = f"train without --resume (with --overwrite) to start {path.parent} again"
+    try:  # weights_only: a trainer state is tensors and plain values; nothing in it may run code on load
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"cannot resume from {path}: it holds Python objects besides tensors and plain values, "
+                         f"which are never unpickled; {fix}") from None
+    except Exception as err:  # noqa: BLE001 - torch reports a corrupt file as any of several types
+        reason = (str(err).splitlines() or [""])[0][:200]
+        raise ValueError(f"cannot resume from {path}: not a readable trainer state ({type(err).__name__}: "
+                         f"{reason}); {fix}") from None
+    if not isinstance(state, dict) or not {"optimizer", "step", "elapsed_s"} <= set(state):
+        raise ValueError(f"cannot resume from {path}: not a trainer state written by `finecaption train`; {fix}")
+    return state
+
+
 def train(settings: TrainSettings) -> Path:
+    settings.check()
+    out = Path(settings.out)
+    _refuse_overwrite(settings, out)
     ctx = DistributedContext()
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
-    out = Path(settings.out)
     start_step, elapsed_before = 0, 0.0
     records = None
     if settings.compositioncap:
@@ -154,7 +207,7 @@ def train(settings: TrainSettings) -> Path:
     elif settings.resume and (out / TRAINER_STATE).is_file():
         model = FineCaptionModel.from_pretrained(out).train()
         tokenizer = load_tokenizer(out)
-        state = torch.load(out / TRAINER_STATE, map_location="cpu")
+        state = _load_trainer_state(out / TRAINER_STATE)
         start_step, elapsed_before = state["step"], state["elapsed_s"]
     else:
         if settings.resume and ctx.main:

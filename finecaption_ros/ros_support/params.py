@@ -6,7 +6,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from ..tasks import ATTRIBUTE_TASK, ATTRIBUTES, TASKS
+from ..tasks import ATTRIBUTE_TASK, ATTRIBUTES, MAX_NEW_TOKENS, TASKS
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 QOS_PROFILES = ("sensor_data", "reliable", "best_effort")
@@ -50,7 +50,7 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("min_region_area", 16, "regions with fewer mask pixels are skipped and counted", minimum=0,
               maximum=1 << 24),
     ParamSpec("max_new_tokens", 0, "caption length limit in tokens; 0 = the model's default", minimum=0,
-              maximum=512),
+              maximum=MAX_NEW_TOKENS),
     ParamSpec("sync_slop", 0.0, "seconds an image and a mask stamp may differ and still pair; 0 = exact",
               minimum=0.0, maximum=10.0),
     ParamSpec("sync_timeout", 2.0, "seconds an image or mask waits for its partner before it is dropped",
