@@ -176,9 +176,9 @@ def _load_trainer_state(path: Path) -> dict:
     fix = f"train without --resume (with --overwrite) to start {path.parent} again"
     try:  # weights_only: a trainer state is tensors and plain values; nothing in it may run code on load
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ValueError(f"cannot resume from {path}: it holds Python objects besides tensors and plain values, "
-                         f"which are never unpickled; {fix}") from None
+    except pickle.UnpicklingError:  # torch's refusal names ways around weights_only: not repeated here
+        raise ValueError(f"cannot resume from {path}: not a trainer state of tensors and plain values (it is corrupt, "
+                         f"or holds Python objects, which are never unpickled); {fix}") from None
     except Exception as err:  # noqa: BLE001 - torch reports a corrupt file as any of several types
         reason = (str(err).splitlines() or [""])[0][:200]
         raise ValueError(f"cannot resume from {path}: not a readable trainer state ({type(err).__name__}: "

@@ -17,7 +17,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .config import CONFIG_NAME, FineCaptionConfig, tower_config
-from .errors import RESAVE_HINT, ModelLoadError
+from .errors import RESAVE_HINT, ModelLoadError, brief
 from .fusion import RegionFusion
 from .hr_encoder import HighResEncoder
 from .inputs import normalise_frames
@@ -214,16 +214,16 @@ class FineCaptionModel(nn.Module):
             model = cls(config)
         except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as err:
             raise ModelLoadError(f"{directory / CONFIG_NAME} does not describe a model that can be built "
-                                 f"({type(err).__name__}: {err}); {RESAVE_HINT}") from None
+                                 f"({brief(err)}); {RESAVE_HINT}") from None
         try:
             state = load_file(str(weights))
         except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError, an Exception
-            raise ModelLoadError(f"{weights} is corrupt or truncated ({err}); {RESAVE_HINT}") from None
+            raise ModelLoadError(f"{weights} is corrupt or truncated ({brief(err)}); {RESAVE_HINT}") from None
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as err:  # tensors of the wrong shape
-            raise ModelLoadError(f"{weights} does not match {directory / CONFIG_NAME}: "
-                                 f"{' '.join(str(err).split())[:300]}; {RESAVE_HINT}") from None
+            raise ModelLoadError(f"{weights} does not match {directory / CONFIG_NAME} ({brief(err)}); "
+                                 f"{RESAVE_HINT}") from None
         missing = [k for k in missing if not _is_tied_copy(model, k)]
         if unexpected or (missing and not allow_new_parameters):
             raise ModelLoadError(f"{weights} does not match {directory / CONFIG_NAME}: missing {missing[:5]}, "
@@ -252,9 +252,7 @@ def load_tokenizer(directory: str | Path):
     try:
         return AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
     except Exception as err:  # noqa: BLE001 - tokenizers raises a bare Exception for a corrupt tokenizer.json
-        reason = " ".join(str(err).split())[:300]
-        raise ModelLoadError(f"the tokenizer in {directory} cannot be loaded ({type(err).__name__}: {reason}); "
-                             f"{RESAVE_HINT}") from None
+        raise ModelLoadError(f"the tokenizer in {directory} cannot be loaded ({brief(err)}); {RESAVE_HINT}") from None
 
 
 def weights_digest(directory: str | Path) -> str:
