@@ -14,6 +14,7 @@ import numpy as np
 from .cli_args import (ArgumentParser, CommandError, boolean, input_file, int_between, names_from, nonnegative_int,
                        output_dir, output_file, positive_int, run)
 from .tasks import ATTRIBUTES, MAX_NEW_TOKENS, TASKS
+from .train_settings import TrainSettings
 
 _NPY_MAGIC = b"\x93NUMPY"
 
@@ -87,7 +88,7 @@ def cmd_caption(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import TrainSettings, train
+    from .train import train
 
     settings = TrainSettings(**{f.name: getattr(args, f.name) for f in fields(TrainSettings)})
     train(settings)
@@ -162,8 +163,6 @@ def build_parser() -> ArgumentParser:
                    help="caption length limit in tokens (default: the model's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
     p.set_defaults(func=cmd_caption)
-
-    from .train import TrainSettings
 
     p = sub.add_parser("train", help="train a model on fresh synthetic scenes (torchrun for DDP)")
     defaults = TrainSettings()
