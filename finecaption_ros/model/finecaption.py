@@ -25,8 +25,6 @@ from .mask_encoder import MaskAwareViT
 from .scene_context import NeighborTokens, ObjectCounter, density_targets
 
 WEIGHTS_NAME = "model.safetensors"
-TOKENIZER_NAME = "tokenizer.json"
-TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 
 
 @dataclass
@@ -231,6 +229,10 @@ class FineCaptionModel(nn.Module):
         if missing:
             print(f"initialised fresh: {', '.join(missing)}")
         return model.eval()
+
+
+TOKENIZER_NAME = "tokenizer.json"
+TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 
 
 def load_tokenizer(directory: str | Path):
