@@ -19,7 +19,7 @@ from .model.config import FineCaptionConfig
 from .model.finecaption import FineCaptionModel, FrameFeatures, load_tokenizer, weights_digest
 from .model.generate import DecoderSession, TorchDecoderSession, greedy_decode
 from .model.inputs import normalise_frames, region_inputs
-from .tasks import ATTRIBUTE_TASK, GLOBAL_TASK, MAX_NEW_TOKENS, TASKS, prompt_for, tidy_caption
+from .tasks import ATTRIBUTE_TASK, GLOBAL_TASK, MAX_NEW_TOKENS, MAX_REGIONS, TASKS, prompt_for, tidy_caption
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "checkpoints" / "default"
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -249,12 +249,14 @@ def _split_masks(masks, shape: tuple[int, int]) -> tuple[list[int], np.ndarray]:
         ids = ids[ids != 0]
         if len(ids) == 0:
             raise CaptionerInputError("the label map has no regions (every pixel is 0 = background)")
+        _check_region_count(len(ids))
         return [int(i) for i in ids], masks[None] == ids[:, None, None]
     if isinstance(masks, np.ndarray) and masks.ndim == 2:
         masks = [masks]
     stack = list(masks) if not isinstance(masks, np.ndarray) else list(masks)
     if not stack:
         raise CaptionerInputError("no masks given: pass at least one region")
+    _check_region_count(len(stack))
     for i, mask in enumerate(stack):
         if not isinstance(mask, np.ndarray) or mask.ndim != 2:
             raise CaptionerInputError(f"mask {i} must be a 2-D numpy array")
@@ -265,6 +267,12 @@ def _split_masks(masks, shape: tuple[int, int]) -> tuple[list[int], np.ndarray]:
         if not mask.any():
             raise CaptionerInputError(f"mask {i} is empty: it selects no pixel")
     return list(range(1, len(stack) + 1)), np.stack(stack)
+
+
+def _check_region_count(count: int) -> None:
+    if count > MAX_REGIONS:
+        raise CaptionerInputError(f"{count} regions is more than the {MAX_REGIONS} one frame may hold; keep the "
+                                  "largest (the node's max_regions does) or merge labels")
 
 
 def _check_region_ids(region_ids, present: list[int]) -> list[int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -23,11 +24,14 @@ def _open_image(path: Path, what: str):
     from PIL import Image
 
     try:
-        image = Image.open(path)
-        image.load()
+        with warnings.catch_warnings():  # PIL only warns below twice its pixel limit; refuse those too
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            image.load()
         return image
-    # PIL reports unreadable files as any of these, and refuses decompression bombs with its own error.
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
+    # PIL reports unreadable files as any of these, and decompression bombs as its own error or warning.
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as err:
         raise CommandError(f"{what} {path} is not an image that can be read ({err}); give a PNG or JPEG file") from None
 
 

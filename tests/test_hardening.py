@@ -348,3 +348,39 @@ def test_a_compositioncap_mask_bomb_is_refused_through_the_cli(tmp_path, capsys)
     assert main(["train", "--compositioncap", str(tmp_path / "ann.json"), "--out", str(tmp_path / "run")]) == 2
     assert "record 0, region 0: mask has more than 3072 bytes but height x width = 48 x 64" in \
         _one_error_line(capsys)
+
+
+def test_evaluate_refuses_what_the_cli_refuses(default_captioner):
+    from finecaption_ros.evaluate import evaluate
+
+    for n in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="n must be a number of scenes >= 1"):
+            evaluate(default_captioner, n=n, progress=False)
+    for tasks in ((), ("bogus",), ("dense", "poem")):
+        with pytest.raises(ValueError, match="tasks must name some of attribute, dense, global"):
+            evaluate(default_captioner, n=1, tasks=tasks, progress=False)
+
+
+def test_images_past_pils_pixel_limit_are_refused_not_warned_about(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    for side, labels in ((40, "warned"), (64, "refused")):  # PIL warns at 1x its limit and refuses at 2x
+        path = tmp_path / f"{labels}.png"
+        Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(path)
+        assert main(["caption", "--image", str(path)]) == 2
+        assert "is not an image that can be read" in _one_error_line(capsys)
+
+
+def test_the_captioner_bounds_caption_length_and_region_count(default_captioner):
+    from finecaption_ros.captioner import CaptionerInputError
+    from finecaption_ros.tasks import MAX_REGIONS
+
+    image = np.zeros((32, 32, 3), np.uint8)
+    labels = np.zeros((32, 32), np.int32)
+    labels[4:12, 4:12] = 1
+    for bad in (-1, 0, 10_000, 2.0, True):
+        with pytest.raises(CaptionerInputError, match="max_new_tokens must be an integer in 1..512"):
+            default_captioner.caption(image, labels, max_new_tokens=bad)
+    assert default_captioner.caption(image, labels, max_new_tokens=1)[0].caption is not None
+    noisy = np.arange(1, 32 * 32 + 1, dtype=np.int32).reshape(32, 32)  # every pixel its own region
+    with pytest.raises(CaptionerInputError, match=f"1024 regions is more than the {MAX_REGIONS} one frame may hold"):
+        default_captioner.caption(image, noisy)

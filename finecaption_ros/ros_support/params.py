@@ -6,7 +6,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from ..tasks import ATTRIBUTE_TASK, ATTRIBUTES, MAX_NEW_TOKENS, TASKS
+from ..tasks import ATTRIBUTE_TASK, ATTRIBUTES, MAX_NEW_TOKENS, MAX_REGIONS, TASKS
 from .errors import echo
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -47,7 +47,7 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("attributes", ["color", "category"], "attribute names for task 'attribute'",
               constraints=f"non-empty for task 'attribute'; known attributes: {', '.join(ATTRIBUTES)}"),
     ParamSpec("max_regions", 16, "caption at most this many regions per frame (the largest); extra ones are "
-              "skipped and counted", minimum=1, maximum=256),
+              "skipped and counted", minimum=1, maximum=MAX_REGIONS),
     ParamSpec("min_region_area", 16, "regions with fewer mask pixels are skipped and counted", minimum=0,
               maximum=1 << 24),
     ParamSpec("max_new_tokens", 0, "caption length limit in tokens; 0 = the model's default", minimum=0,
