@@ -103,7 +103,8 @@ class Captioner:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         model_dir = Path(path) if path is not None else DEFAULT_MODEL_DIR
         if not model_dir.is_dir():
-            raise FileNotFoundError(f"model directory {model_dir} does not exist; pass a directory written by "
+            what = "is a file, not a folder" if model_dir.exists() else "does not exist"
+            raise FileNotFoundError(f"model directory {model_dir} {what}; pass a directory written by "
                                     f"`finecaption train` (or save_pretrained), or omit the path for the default")
         if num_threads:
             torch.set_num_threads(num_threads)

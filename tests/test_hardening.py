@@ -384,3 +384,9 @@ def test_the_captioner_bounds_caption_length_and_region_count(default_captioner)
     noisy = np.arange(1, 32 * 32 + 1, dtype=np.int32).reshape(32, 32)  # every pixel its own region
     with pytest.raises(CaptionerInputError, match=f"1024 regions is more than the {MAX_REGIONS} one frame may hold"):
         default_captioner.caption(image, noisy)
+
+
+def test_a_model_path_that_is_a_file_is_named_as_such(tmp_path, capsys):
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    assert main(["caption", "--model", str(tmp_path / "model.safetensors"), "--demo-seed", "1"]) == 2
+    assert "model.safetensors is a file, not a folder" in _one_error_line(capsys)

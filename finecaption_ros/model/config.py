@@ -77,6 +77,7 @@ class FineCaptionConfig:
         for name, value in data.items():
             _check_value(name, value, cls.__dataclass_fields__[name].type)
         return cls(**data)
+
     def save(self, directory: str | Path) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)
         (Path(directory) / CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -82,8 +82,10 @@ NO_ATTRIBUTES = ("attributes has no value: ROS 2 cannot type an empty list such 
 
 
 def _type_error(spec: ParamSpec, value) -> str | None:
+    if value is None and spec.name == "attributes":
+        return NO_ATTRIBUTES
     if value is None:
-        return NO_ATTRIBUTES if spec.name == "attributes" else f"{spec.name} has no value; give a value of type {spec.type_name}"
+        return f"{spec.name} has no value; give a value of type {spec.type_name}"
     if isinstance(spec.default, list):
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             return f"{spec.name} must be a list of strings; got {echo(value)}"
