@@ -9,7 +9,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["finecaption_ros", "finecaption_ros.*"]),
-    package_data={"finecaption_ros": ["configs/*.json", "checkpoints/default/*"]},
+    package_data={"finecaption_ros": ["configs/*.json", "checkpoints/default/*", "ros_support/*.xml"]},
     install_requires=[
         "torch>=2.4,<=2.14.1",
         "transformers>=5.24,<6",
