@@ -68,13 +68,15 @@ def cmd_caption(args) -> int:
 
 def _caption_bag(args) -> int:
     """`caption --bag`: every image + mask pair of a rosbag2, paired and checked as the node does."""
-    from .captioner import Captioner
-    from .ros_support.bags import BagError, caption_bag
+    from .ros_support.bags import BagError, caption_bag, check_topics
 
     if not (args.image_topic and args.mask_topic and args.out):
         print("error: --bag needs --image-topic, --mask-topic and --out", file=sys.stderr)
         return 2
     try:
+        check_topics(args.bag, args.image_topic, args.mask_topic)  # a bad bag fails before the model loads
+        from .captioner import Captioner
+
         captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir)
         summary = caption_bag(args.bag, args.out, captioner, args.image_topic, args.mask_topic, task=args.task,
                               attributes=args.attributes.split(",") if args.attributes else None,

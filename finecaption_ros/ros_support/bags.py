@@ -78,9 +78,9 @@ def storage_of(path: str | Path) -> str:
 
 
 def _bag_problem(path, err: Exception) -> BagError:
-    what = f"{type(err).__name__}: {err}".rstrip(": ")
-    return BagError(f"cannot read bag {path}: it looks truncated or corrupt ({what}); re-record or re-copy it, or "
-                    "repair it with `ros2 bag reindex` on a ROS 2 install")
+    what = str(err).strip() or type(err).__name__
+    return BagError(f"cannot read bag {path}: it is truncated or corrupt ({what}); copy or record it again (a cut "
+                    ".mcap file can often be saved with `mcap recover`)")
 
 
 @contextmanager
@@ -154,6 +154,13 @@ def read_messages(path: str | Path, topics: list[str] | None = None) -> Iterator
         connections = [c for c in reader.connections if not topics or c.topic in topics]
         for connection, log_time, raw in reader.messages(connections=connections):
             yield BagMessage(connection.topic, connection.msgtype, int(log_time), bytes(raw))
+
+
+def check_topics(path: str | Path, image_topic: str, mask_topic: str) -> None:
+    """Raise BagError unless the bag opens and has both topics as sensor_msgs/msg/Image (before a model loads)."""
+    with open_bag(path) as reader:
+        _connections(reader, path, image_topic, IMAGE_TYPE, "--image-topic")
+        _connections(reader, path, mask_topic, IMAGE_TYPE, "--mask-topic")
 
 
 def bag_topics(path: str | Path) -> dict[str, str]:
