@@ -53,9 +53,19 @@ def msg_dir() -> Path:
                    f"{', '.join(str(c) for c in candidates)}); run from a source checkout or install the package")
 
 
+def _rosbags():
+    try:
+        import rosbags
+    except ImportError as err:
+        raise BagError("reading and writing bags needs the rosbags library: pip install rosbags==0.11.9 (it is in "
+                       "requirements.txt)") from err
+    return rosbags
+
+
 @lru_cache(maxsize=1)
 def typestore():
     """ROS 2 Kilted's standard types plus our messages, parsed from msg/*.msg."""
+    _rosbags()
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     store = get_typestore(Stores.ROS2_KILTED)
@@ -86,6 +96,7 @@ def _bag_problem(path, err: Exception) -> BagError:
 @contextmanager
 def open_bag(path: str | Path):
     """An open rosbags AnyReader; every failure to open or read it becomes one BagError."""
+    _rosbags()
     from rosbags.highlevel import AnyReader
 
     path = Path(path).expanduser()
