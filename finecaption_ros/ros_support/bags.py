@@ -390,16 +390,25 @@ def caption_bag(bag: str | Path, out: str | Path, captioner, image_topic: str, m
                              problems)
 
 
-def _annotated(result, header):
+def image_message(fields: dict, header=None, stamp_ns: int = 0, frame_id: str = ""):
+    """image_codec.encode() fields -> a sensor_msgs/msg/Image for writing to a bag; `header`, or one made of
+    stamp_ns + frame_id."""
     import numpy as np
 
+    store = typestore()
+    if header is None:
+        time_cls = store.types["builtin_interfaces/msg/Time"]
+        header = store.types["std_msgs/msg/Header"](stamp=time_cls(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9),
+                                                    frame_id=frame_id)
+    return store.types[IMAGE_TYPE](header=header, height=fields["height"], width=fields["width"],
+                                   encoding=fields["encoding"], is_bigendian=fields["is_bigendian"],
+                                   step=fields["step"], data=np.frombuffer(fields["data"], dtype=np.uint8))
+
+
+def _annotated(result, header):
     from .annotate import annotate
 
-    fields = encode(annotate(result.image, result.labels, result.captions), "rgb8")
-    image_cls = typestore().types[IMAGE_TYPE]
-    return image_cls(header=header, height=fields["height"], width=fields["width"], encoding=fields["encoding"],
-                     is_bigendian=fields["is_bigendian"], step=fields["step"],
-                     data=np.frombuffer(fields["data"], dtype=np.uint8))
+    return image_message(encode(annotate(result.image, result.labels, result.captions), "rgb8"), header)
 
 
 def read_captions(path: str | Path, topic: str = CAPTIONS_TOPIC) -> list:

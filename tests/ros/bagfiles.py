@@ -4,26 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from finecaption_ros.data.scenes import SceneGenerator
-from finecaption_ros.ros_support.bags import IMAGE_TYPE, typestore
+from finecaption_ros.ros_support.bags import IMAGE_TYPE, image_message, typestore
 from finecaption_ros.ros_support.image_codec import encode
 
 IMAGE_TOPIC = "/camera/image_raw"
 MASK_TOPIC = "/segmenter/instances"
 T0_NS = 1_700_000_000_000_000_000
-
-
-def image_message(fields: dict, stamp_ns: int, frame_id: str = "camera"):
-    store = typestore()
-    header = store.types["std_msgs/msg/Header"](
-        stamp=store.types["builtin_interfaces/msg/Time"](sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9),
-        frame_id=frame_id)
-    return store.types[IMAGE_TYPE](header=header, height=fields["height"], width=fields["width"],
-                                   encoding=fields["encoding"], is_bigendian=fields["is_bigendian"],
-                                   step=fields["step"], data=np.frombuffer(fields["data"], dtype=np.uint8))
 
 
 def scenes(n: int, seed: int = 5, size: int = 256):
@@ -45,12 +34,12 @@ def write_bag(path: Path, frames, storage: str = "sqlite3", period_s: float = 0.
         for i, scene in enumerate(frames):
             stamp = T0_NS + int(round(i * period_s * 1e9))
             stamps.append(stamp)
-            image = image_message(encode(scene.image, image_encoding), stamp)
+            image = image_message(encode(scene.image, image_encoding), stamp_ns=stamp, frame_id="camera")
             writer.write(image_conn, stamp + 1_000_000, store.serialize_cdr(image, IMAGE_TYPE))
             if i in skip_masks:
                 continue
             offset = mask_offsets_ns[i] if mask_offsets_ns else 0
-            mask = image_message(encode(scene.labels, "mono8"), stamp + offset)
+            mask = image_message(encode(scene.labels, "mono8"), stamp_ns=stamp + offset, frame_id="camera")
             writer.write(mask_conn, stamp + 2_000_000, store.serialize_cdr(mask, IMAGE_TYPE))
         if extra:
             topic, msgtype, message = extra

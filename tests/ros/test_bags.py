@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bagfiles import IMAGE_TOPIC, MASK_TOPIC, image_message, scenes, storage_file, write_bag
+from bagfiles import IMAGE_TOPIC, MASK_TOPIC, scenes, storage_file, write_bag
 
 from finecaption_ros.ros_support import image_codec
 from finecaption_ros.ros_support.bags import (
@@ -20,6 +20,7 @@ from finecaption_ros.ros_support.bags import (
     BagError,
     bag_topics,
     caption_bag,
+    image_message,
     read_captions,
     read_messages,
     typestore,
@@ -200,8 +201,8 @@ def test_bgr_and_rgba_frames_become_the_same_mono8(frames):
     rgb = frames[0].image
     want = image_codec.rgb_to_mono8(rgb)
     for encoding in ("rgb8", "bgr8", "rgba8", "bgra8"):
-        msg = image_message(image_codec.encode(rgb, encoding), 0)
+        msg = image_message(image_codec.encode(rgb, encoding))
         grey = image_codec.encode(image_codec.decode_image(msg), "mono8")
         assert np.array_equal(np.frombuffer(grey["data"], np.uint8).reshape(want.shape), want), encoding
-    decoded = image_codec.decode_image(image_message(image_codec.encode(rgb, "rgb8"), 0))
+    decoded = image_codec.decode_image(image_message(image_codec.encode(rgb, "rgb8")))
     assert decoded.flags.writeable and decoded.flags.c_contiguous  # a copy, even of a read-only buffer
