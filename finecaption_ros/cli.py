@@ -64,6 +64,8 @@ def _load_labels(path: Path) -> np.ndarray:
 def cmd_caption(args) -> int:
     from .captioner import Captioner
 
+    if args.bag:
+        return _caption_bag(args)
     if args.demo_seed is not None:
         if args.image or args.masks:
             raise CommandError("give either --demo-seed or --image/--masks, not both")
@@ -88,6 +90,29 @@ def cmd_caption(args) -> int:
         print(f"region {r.region_id:3d}  {what:<28} {r.caption}  (confidence {r.confidence:.2f})")
     print(f"{captioner.model_id} on {captioner.backend}: {results[0].timings_ms['total']:.1f} ms "
           f"({', '.join(f'{k} {v:.1f}' for k, v in results[0].timings_ms.items() if k != 'total')})")
+    return 0
+
+
+def _caption_bag(args) -> int:
+    """`caption --bag`: every image + mask pair of a rosbag2, paired and checked as the node does."""
+    from .ros_support.bags import BagError, caption_bag, check_topics
+
+    if not (args.image_topic and args.mask_topic and args.out):
+        print("error: --bag needs --image-topic, --mask-topic and --out", file=sys.stderr)
+        return 2
+    try:
+        check_topics(args.bag, args.image_topic, args.mask_topic)  # a bad bag fails before the model loads
+        from .captioner import Captioner
+
+        captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir)
+        summary = caption_bag(args.bag, args.out, captioner, args.image_topic, args.mask_topic, task=args.task,
+                              attributes=args.attributes.split(",") if args.attributes else None,
+                              storage=args.storage, annotated=args.annotated, sync_slop=args.sync_slop,
+                              progress=True)
+    except (BagError, FileNotFoundError, ImportError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(summary.lines()))
     return 0
 
 
@@ -166,6 +191,14 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--max-new-tokens", type=int_between(1, MAX_NEW_TOKENS), default=None,
                    help="caption length limit in tokens (default: the model's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    p.add_argument("--bag", help="caption a rosbag2 (folder, .db3 or .mcap) offline, with the node's pairing rules")
+    p.add_argument("--image-topic", help="--bag: the sensor_msgs/Image topic of the frames")
+    p.add_argument("--mask-topic", help="--bag: the instance-mask topic (mono8, mono16 or 32SC1 label images)")
+    p.add_argument("--out", help="--bag: new bag folder for the input topics + /region_captions and captions.jsonl")
+    p.add_argument("--storage", choices=("sqlite3", "mcap"), default=None, help="--bag: output storage (default: "
+                   "the input's)")
+    p.add_argument("--annotated", action="store_true", help="--bag: also write /finecaption_node/annotated_image")
+    p.add_argument("--sync-slop", type=float, default=0.0, help="--bag: seconds image and mask stamps may differ")
     p.set_defaults(func=cmd_caption)
 
     p = sub.add_parser("train", help="train a model on fresh synthetic scenes (torchrun for DDP)")

@@ -170,6 +170,16 @@ SOURCE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("publish_ground_truth", True, "synthetic: publish the scene's true captions on ~/ground_truth",
               read_only=True),
     ParamSpec("qos", "reliable", "QoS of the published topics", read_only=True, choices=QOS_PROFILES),
+    ParamSpec("bag", "", "rosbag2 to replay (folder, .db3 or .mcap) instead of source: its topics under their "
+              "recorded names, messages as recorded (header stamps included), at the recorded pace; once",
+              read_only=True),
+    ParamSpec("bag_rate", 1.0, "bag replay speed factor, as ros2 bag play --rate (2.0 = twice as fast)",
+              read_only=True, minimum=0.01, maximum=100.0),
+    ParamSpec("bag_topics", "", "bag replay: comma-separated topics to publish; empty = every topic",
+              read_only=True),
+    ParamSpec("bag_wait_subscribers", 0.0, "bag replay: wait up to this many seconds, before the first message, "
+              "until every replayed topic has a subscriber; 0 = start at once", read_only=True, minimum=0.0,
+              maximum=3600.0),
 )
 SOURCE_PARAM_NAMES = frozenset(p.name for p in SOURCE_PARAMS)
 _SOURCE_BY_NAME = {p.name: p for p in SOURCE_PARAMS}
