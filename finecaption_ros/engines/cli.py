@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .manifest import EngineError, PlanLimits
+from .manifest import PRECISIONS, EngineError, PlanLimits
 
 _LIMIT_HELP = {
     "max_regions": "regions per call (the region encoder runs more in chunks; models with neighbour tokens need "
@@ -23,7 +23,7 @@ _LIMIT_HELP = {
 
 
 def _default_model() -> Path:
-    from ..captioner import DEFAULT_MODEL_DIR
+    from ..model.finecaption import DEFAULT_MODEL_DIR
 
     return DEFAULT_MODEL_DIR
 
@@ -39,6 +39,10 @@ def register(subparsers) -> None:
                              "~/.cache/finecaption/engines/<model>-<digest>, where --backend onnxruntime looks)")
     export.add_argument("--opset", type=int, default=17,
                         help="ONNX opset, 17..19 (20 turns GELU into a Gelu op that TensorRT 10.0 lacks)")
+    export.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (default), or fp16: fp16 weights and compute with the norm statistics, softmaxes "
+                             "and logits in fp32, what fp16 TensorRT plans are built from (the default --out is "
+                             "then the fp32 export dir's fp16/ subdirectory, where build-engine looks)")
     export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs torch check")
     export.set_defaults(func=run_export)
 
@@ -52,7 +56,9 @@ def register(subparsers) -> None:
                        help="ONNX export directory (default: the packaged model's default export dir)")
     build.add_argument("--model", type=Path, default=None,
                        help="model directory, exported first when --onnx holds no export of it")
-    build.add_argument("--precision", choices=("fp16", "fp32"), default="fp16")
+    build.add_argument("--precision", choices=PRECISIONS, default="fp16",
+                       help="fp16 (default) plans are built from the export's fp16 graphs (<onnx>/fp16/, exported "
+                            "there first when --model is given or implied), fp32 plans from its fp32 graphs")
     defaults = PlanLimits()
     for name, text in _LIMIT_HELP.items():
         build.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name),
@@ -77,11 +83,13 @@ def _say(message: str) -> None:
 
 def run_export(args) -> int:
     from .export import default_engine_dir, export_onnx
+    from .manifest import graphs_dir
 
     model = args.model or _default_model()
     try:
-        out = args.out or default_engine_dir(model)
-        manifest = export_onnx(model, out, opset=args.opset, verify=not args.no_verify, progress=_say)
+        out = args.out or graphs_dir(default_engine_dir(model), args.precision)
+        manifest = export_onnx(model, out, opset=args.opset, verify=not args.no_verify, progress=_say,
+                               precision=args.precision)
     except (FileNotFoundError, ValueError, NotImplementedError, RuntimeError) as error:
         print(f"export-onnx: {error}", file=sys.stderr)
         return 1
@@ -90,8 +98,8 @@ def run_export(args) -> int:
     for name, graph in manifest["graphs"].items():
         error = f"{errors[name]:.2e}" if name in errors else "-"
         print(f"{name:<18}{graph['bytes'] / 2**20:>8.2f}{graph['export_seconds']:>10.2f}{error:>22}")
-    print(f"\n{out}  (model {manifest['model']['name']} {manifest['model']['digest'][:12]}, opset "
-          f"{manifest['opset']}, {manifest['export_seconds']:.1f} s)")
+    print(f"\n{out}  (model {manifest['model']['name']} {manifest['model']['digest'][:12]}, {args.precision}, "
+          f"opset {manifest['opset']}, {manifest['export_seconds']:.1f} s)")
     return 0
 
 
@@ -106,9 +114,9 @@ def run_build(args) -> int:
     try:
         if args.onnx is None:
             model = args.model or _default_model()
-            onnx_dir = ensure_onnx(model, default_engine_dir(model))
+            onnx_dir = ensure_onnx(model, default_engine_dir(model), precision=args.precision)
         elif args.model is not None:
-            onnx_dir = ensure_onnx(args.model, args.onnx)
+            onnx_dir = ensure_onnx(args.model, args.onnx, precision=args.precision)
         else:
             onnx_dir = args.onnx
         limits = _limits(args)
