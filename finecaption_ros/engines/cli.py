@@ -1,6 +1,6 @@
-"""`finecaption export-onnx` and `finecaption build-engine`.
+"""`finecaption export-onnx`, `finecaption build-engine` and `finecaption plan-memory`.
 
-`register(subparsers)` adds both subcommands to the `finecaption` CLI; each sets `func` (args -> exit code) as its
+`register(subparsers)` adds the subcommands to the `finecaption` CLI; each sets `func` (args -> exit code) as its
 parser default. `python -m finecaption_ros.engines.cli ...` runs them standalone.
 """
 from __future__ import annotations
@@ -43,6 +43,9 @@ def register(subparsers) -> None:
                         help="fp32 (default), or fp16: fp16 weights and compute with the norm statistics, softmaxes "
                              "and logits in fp32, what fp16 TensorRT plans are built from (the default --out is "
                              "then the fp32 export dir's fp16/ subdirectory, where build-engine looks)")
+    export.add_argument("--external-data", action="store_true",
+                        help="write every graph's weights as ONNX external data (<graph>.onnx.data; the decoder "
+                             "graphs share decoder.onnx.data), as is done anyway for graphs near ONNX's 2 GiB limit")
     export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs torch check")
     export.set_defaults(func=run_export)
 
@@ -76,6 +79,21 @@ def register(subparsers) -> None:
                        help="write the manifest for plans already built with the printed trtexec commands")
     build.set_defaults(func=run_build)
 
+    plan = subparsers.add_parser(
+        "plan-memory", help="weights + KV cache + activations per graph, and which Jetson modules hold them",
+        description="Counts each graph's parameters on the meta device (nothing is allocated), adds the KV cache for "
+                    "the regions and tokens asked for and an estimate of the largest activations, and says which "
+                    "Jetson Orin modules can hold it all.")
+    plan.add_argument("--config", type=Path, default=None,
+                      help="a FineCaption config JSON or a model directory (default: the packaged model)")
+    plan.add_argument("--regions", type=int, default=16, help="regions captioned together (default 16)")
+    plan.add_argument("--attributes", type=int, default=1, help="attributes asked per region (default 1)")
+    plan.add_argument("--max-new-tokens", type=int, default=PlanLimits().max_new_tokens)
+    plan.add_argument("--prompt", type=int, default=PlanLimits().max_prompt, help="prompt tokens (default 32)")
+    plan.add_argument("--precision", choices=("fp32", "fp16", "int8", "int4"), default="fp16",
+                      help="weights; int8 / int4 are weight-only for the decoder's linear layers")
+    plan.set_defaults(func=run_plan_memory)
+
 
 def _say(message: str) -> None:
     print(message, flush=True)
@@ -89,7 +107,7 @@ def run_export(args) -> int:
     try:
         out = args.out or graphs_dir(default_engine_dir(model), args.precision)
         manifest = export_onnx(model, out, opset=args.opset, verify=not args.no_verify, progress=_say,
-                               precision=args.precision)
+                               precision=args.precision, external_data=True if args.external_data else None)
     except (FileNotFoundError, ValueError, NotImplementedError, RuntimeError) as error:
         print(f"export-onnx: {error}", file=sys.stderr)
         return 1
@@ -98,8 +116,21 @@ def run_export(args) -> int:
     for name, graph in manifest["graphs"].items():
         error = f"{errors[name]:.2e}" if name in errors else "-"
         print(f"{name:<18}{graph['bytes'] / 2**20:>8.2f}{graph['export_seconds']:>10.2f}{error:>22}")
+    print(f"{'all files':<18}{manifest['bytes'] / 2**20:>8.2f}   (weights shared between graphs counted once)")
     print(f"\n{out}  (model {manifest['model']['name']} {manifest['model']['digest'][:12]}, {args.precision}, "
           f"opset {manifest['opset']}, {manifest['export_seconds']:.1f} s)")
+    return 0
+
+
+def run_plan_memory(args) -> int:
+    from .memory import load_config, report
+
+    try:
+        config = load_config(args.config or _default_model())
+        print(report(config, args.regions, args.max_new_tokens, args.precision, args.prompt, args.attributes))
+    except (FileNotFoundError, ValueError) as error:
+        print(f"plan-memory: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

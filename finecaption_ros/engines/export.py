@@ -226,13 +226,18 @@ def _value_infos(values) -> list[dict]:
 
 
 def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET, verify: bool = True,
-                progress=None, precision: str = "fp32") -> dict:
+                progress=None, precision: str = "fp32", external_data: bool | None = None) -> dict:
     """Exports `model_dir` into `out_dir`; returns the manifest (also written as `out_dir/manifest.json`).
 
     `precision="fp16"` writes graphs whose weights and compute are fp16 (float inputs and outputs too, but the
     logits), with the LayerNorm/RMSNorm statistics, the softmaxes, the rotary angles and the logits computed in fp32
     by explicit casts in the graph: what a strongly typed TensorRT network compiles as written. The parity check
-    still compares with the fp32 torch model."""
+    still compares with the fp32 torch model.
+
+    `external_data`: None (default) keeps a graph's weights in its .onnx file unless they come near ONNX's 2 GiB
+    protobuf limit; True always writes them as external data (what CI forces on the small model); False never.
+    External data goes into one file per graph (`<graph>.onnx.data`), except that the two decoder graphs share
+    `decoder.onnx.data`: a tensor whose bytes are already in the file is referenced, not written again."""
     import onnx
 
     if opset < 17:
@@ -251,7 +256,9 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT
     specs = graph_specs(model)
     if precision == "fp16":
         _to_half(model)
-    graphs = {}
+    graphs, stored = {}, {}
+    for stale in out_dir.glob("*.onnx.data"):  # offsets into an old data file would be wrong
+        stale.unlink()
     for name, (input_names, output_names, axes) in specs.items():
         path = out_dir / f"{name}.onnx"
         say(f"exporting {name} -> {path}")
@@ -264,13 +271,20 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT
                               do_constant_folding=True)
         _pin_static_output_dims(path, output_names, refs[name][1], axes)
         onnx.shape_inference.infer_shapes_path(str(path), str(path))
+        data = _externalize(path, DECODER_DATA if name in (G.DECODER_PREFILL, G.DECODER_STEP) else None,
+                            external_data, stored)
         graph = onnx.load(str(path), load_external_data=False).graph
-        graphs[name] = {"file": path.name, "sha256": graph_sha256(path), "bytes": _graph_bytes(path),
-                        "export_seconds": round(time.perf_counter() - graph_started, 2),
+        graphs[name] = {"file": path.name, "export_seconds": round(time.perf_counter() - graph_started, 2),
                         "inputs": _value_infos(graph.input), "outputs": _value_infos(graph.output)}
+        if data:
+            graphs[name]["data"] = data
         problems = graph_problems(path)
         if problems:
             raise RuntimeError(f"{path} is not TensorRT-compatible: " + "; ".join(problems[:8]))
+    for graph in graphs.values():  # after every graph: the decoder graphs append to one shared data file
+        path, data = out_dir / graph["file"], graph.get("data", [])
+        graph["sha256"] = graph_sha256(path, data)
+        graph["bytes"] = path.stat().st_size + sum((out_dir / f).stat().st_size for f in data)
     FineCaptionConfig.save(model.config, out_dir)
     tokenizer.save_pretrained(str(out_dir))
     decoder_config = model.decoder.config
@@ -292,6 +306,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT
         "hr_image_size": model.config.hr_image_size,
         "lr_image_size": model.config.lr_image_size,
         "use_hr": model.hr_encoder is not None,
+        "bytes": sum((out_dir / f).stat().st_size for f in {f for g in graphs.values()
+                                                            for f in [g["file"]] + g.get("data", [])}),
         "eos_id": tokenizer.eos_token_id,
         "pad_id": tokenizer.pad_token_id,
         "graphs": graphs,
@@ -377,9 +393,53 @@ def _pin_static_output_dims(path: Path, output_names: list[str], outputs, axes: 
         onnx.save(model, str(path))
 
 
-def _graph_bytes(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+# ONNX's protobuf limit is 2 GiB per file; graphs whose weights come near it keep them outside.
+EXTERNAL_DATA_FROM = 1 << 30
+DECODER_DATA = "decoder.onnx.data"
+_ALIGN = 4096  # data offsets on page boundaries, so runtimes may map the file
+
+
+def _externalize(path: Path, shared: str | None, external_data: bool | None, stored: dict) -> list[str]:
+    """Moves the graph's weights into external data when asked or needed; returns the data files it uses.
+
+    The TorchScript exporter itself writes graphs over 2 GiB with one external file per tensor; those are gathered
+    into the graph's data file (`shared` for the decoder graphs). `stored` maps (data file, tensor bytes digest) to
+    where those bytes already are, across graphs."""
+    import hashlib
+
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, set_external_data, uses_external_data
+
+    header = onnx.load(str(path), load_external_data=False)
+    scattered = sorted({ExternalDataInfo(t).location for t in header.graph.initializer if uses_external_data(t)})
+    weight_bytes = sum(t.ByteSize() for t in header.graph.initializer)
+    if external_data is False and scattered:
+        raise ValueError(f"{path.name} needs external data (its weights exceed 2 GiB); export without "
+                         f"--no-external-data")
+    if not scattered and not external_data and (external_data is False or weight_bytes < EXTERNAL_DATA_FROM):
+        return []
+    model = onnx.load(str(path)) if scattered else header
+    location = shared or f"{path.name}.data"
+    data_path = path.with_name(location)
+    with open(data_path, "ab") as handle:
+        for tensor in model.graph.initializer:
+            raw = tensor.raw_data
+            if len(raw) < 1024:  # small constants stay in the graph
+                continue
+            key = (location, tensor.data_type, hashlib.sha256(raw).hexdigest())
+            if key not in stored:
+                offset = -(-handle.tell() // _ALIGN) * _ALIGN
+                handle.write(b"\0" * (offset - handle.tell()))
+                handle.write(raw)
+                stored[key] = (offset, len(raw))
+            offset, length = stored[key]
+            set_external_data(tensor, location, offset, length)
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+    onnx.save(model, str(path))
+    for name in scattered:
+        path.with_name(name).unlink(missing_ok=True)
+    return [location]
 
 
 def verify_export(out_dir: Path, refs: dict) -> dict[str, float]:

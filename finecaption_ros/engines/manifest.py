@@ -58,13 +58,23 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def graph_sha256(path: str | Path) -> str:
-    """sha256 of a graph file, and of its external-data file when the graph keeps its weights outside."""
+def external_data_files(path: str | Path) -> list[str]:
+    """The external-data files a graph's weights live in (names beside the graph), in order; [] when inline."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    files = {ExternalDataInfo(t).location: None for t in model.graph.initializer if uses_external_data(t)}
+    return list(files)
+
+
+def graph_sha256(path: str | Path, data_files: list[str] | None = None) -> str:
+    """sha256 of a graph file, chained with its external-data files' when the graph keeps its weights outside
+    (`data_files`: their names, read from the graph when None)."""
     path = Path(path)
     digest = sha256_file(path)
-    data = path.with_name(path.name + ".data")
-    if data.is_file():
-        digest = hashlib.sha256((digest + sha256_file(data)).encode()).hexdigest()
+    for name in external_data_files(path) if data_files is None else data_files:
+        digest = hashlib.sha256((digest + sha256_file(path.with_name(name))).encode()).hexdigest()
     return digest
 
 
@@ -94,7 +104,8 @@ def read_onnx_manifest(onnx_dir: str | Path) -> dict:
     if manifest.get("format") != ONNX_FORMAT:
         raise OnnxExportMissingError(f"{path} is not a FineCaption ONNX manifest (format "
                                      f"{manifest.get('format')!r})")
-    missing = [g["file"] for g in manifest.get("graphs", {}).values() if not (onnx_dir / g["file"]).is_file()]
+    missing = [f for g in manifest.get("graphs", {}).values() for f in [g["file"]] + g.get("data", [])
+               if not (onnx_dir / f).is_file()]
     if missing:
         raise OnnxExportMissingError(f"{onnx_dir} lacks {', '.join(missing)} listed in its manifest; re-export with "
                                      f"`finecaption export-onnx --model MODEL_DIR --out {onnx_dir}`")
