@@ -16,12 +16,11 @@ import numpy as np
 import torch
 
 from .model.config import FineCaptionConfig
-from .model.finecaption import FineCaptionModel, FrameFeatures, load_tokenizer, weights_digest
+from .model.finecaption import DEFAULT_MODEL_DIR, FineCaptionModel, FrameFeatures, load_tokenizer, weights_digest
 from .model.generate import DecoderSession, TorchDecoderSession, greedy_decode
 from .model.inputs import normalise_frames, region_inputs
 from .tasks import ATTRIBUTE_TASK, GLOBAL_TASK, MAX_NEW_TOKENS, MAX_REGIONS, TASKS, prompt_for, tidy_caption
 
-DEFAULT_MODEL_DIR = Path(__file__).parent / "checkpoints" / "default"
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 DEFAULT_MAX_NEW_TOKENS = 24
 MAX_BATCH = 64  # sequences decoded together; bounds memory when a frame has very many regions x attributes

@@ -25,6 +25,8 @@ from .mask_encoder import MaskAwareViT
 from .scene_context import NeighborTokens, ObjectCounter, density_targets
 
 WEIGHTS_NAME = "model.safetensors"
+# The embedded default model (the captioner and the engines' CLI load it when no model is named).
+DEFAULT_MODEL_DIR = Path(__file__).parent.parent / "checkpoints" / "default"
 
 
 @dataclass
