@@ -19,7 +19,7 @@ from .model.config import FineCaptionConfig
 from .model.finecaption import FineCaptionModel, FrameFeatures, load_tokenizer, weights_digest
 from .model.generate import DecoderSession, TorchDecoderSession, greedy_decode
 from .model.inputs import letterbox_frames, normalise_frames, region_inputs
-from .tasks import ATTRIBUTE_TASK, GLOBAL_TASK, TASKS, prompt_for, tidy_caption
+from .tasks import ATTRIBUTE_TASK, GLOBAL_TASK, MAX_NEW_TOKENS, TASKS, prompt_for, tidy_caption
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "checkpoints" / "default"
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -136,6 +136,7 @@ class Captioner:
         started = time.perf_counter()
         image = _check_image(image)
         task, attributes = self._check_task(task, attributes)
+        _check_max_new_tokens(max_new_tokens)
         if task == GLOBAL_TASK:
             present, region_masks = [0], np.ones((1,) + image.shape[:2], dtype=bool)
             wanted = present
@@ -228,6 +229,14 @@ def _check_image(image) -> np.ndarray:
     if min(image.shape[:2]) < 2:
         raise CaptionerInputError(f"image of size {image.shape[1]}x{image.shape[0]} is too small to caption")
     return image
+
+
+def _check_max_new_tokens(value) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_NEW_TOKENS:
+        raise CaptionerInputError(f"max_new_tokens must be an integer in 1..{MAX_NEW_TOKENS}, got {value!r:.40}; "
+                                  f"pass None for the default ({DEFAULT_MAX_NEW_TOKENS})")
 
 
 def _split_masks(masks, shape: tuple[int, int]) -> tuple[list[int], np.ndarray]:

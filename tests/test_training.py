@@ -47,7 +47,7 @@ def test_resume_continues_from_the_saved_step(tmp_path):
     train(small(out, steps=2))
     before = FineCaptionModel.from_pretrained(out).state_dict()
     train(small(out, steps=4, resume=True))
-    state = torch.load(out / TRAINER_STATE, map_location="cpu")
+    state = torch.load(out / TRAINER_STATE, map_location="cpu", weights_only=True)
     assert state["step"] == 4
     after = FineCaptionModel.from_pretrained(out).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -10,6 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..cli_args import output_dir
 from .manifest import EngineError, PlanLimits
 
 _LIMIT_HELP = {
@@ -34,7 +35,7 @@ def register(subparsers) -> None:
         description="Exports the model's graphs (opset >= 17) with its config, tokenizer and a manifest, then "
                     "checks them against torch with ONNX Runtime.")
     export.add_argument("--model", type=Path, default=None, help="model directory (default: the packaged model)")
-    export.add_argument("--out", type=Path, default=None,
+    export.add_argument("--out", type=output_dir, default=None,
                         help="output directory (default: <model>/onnx if it holds this model's export, else "
                              "~/.cache/finecaption/engines/<model>-<digest>, where --backend onnxruntime looks)")
     export.add_argument("--opset", type=int, default=17,
@@ -60,7 +61,7 @@ def register(subparsers) -> None:
     build.add_argument("--workspace", type=int, default=4096, help="builder workspace in MiB (default 4096)")
     build.add_argument("--timing-cache", type=Path, default=None,
                        help="timing cache file, read and updated (default <onnx>/tensorrt/timing.cache)")
-    build.add_argument("--out", type=Path, default=None,
+    build.add_argument("--out", type=output_dir, default=None,
                        help="plan directory (default <onnx>/tensorrt/<trt version>_<gpu>_sm<cc>_<precision>, where "
                             "the backend looks)")
     build.add_argument("--device", type=int, default=0, help="CUDA device index")
