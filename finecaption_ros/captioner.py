@@ -16,12 +16,11 @@ import numpy as np
 import torch
 
 from .model.config import FineCaptionConfig
-from .model.finecaption import FineCaptionModel, FrameFeatures, load_tokenizer, weights_digest
+from .model.finecaption import DEFAULT_MODEL_DIR, FineCaptionModel, FrameFeatures, load_tokenizer, weights_digest
 from .model.generate import DecoderSession, TorchDecoderSession, greedy_decode
-from .model.inputs import normalise_frames, region_inputs
+from .model.inputs import letterbox_frames, normalise_frames, region_inputs
 from .tasks import ATTRIBUTE_TASK, GLOBAL_TASK, MAX_NEW_TOKENS, MAX_REGIONS, TASKS, prompt_for, tidy_caption
 
-DEFAULT_MODEL_DIR = Path(__file__).parent / "checkpoints" / "default"
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 DEFAULT_MAX_NEW_TOKENS = 24
 MAX_BATCH = 64  # sequences decoded together; bounds memory when a frame has very many regions x attributes
@@ -38,7 +37,7 @@ class RegionCaption:
     attribute: str  # "" unless task == "attribute"
     caption: str
     confidence: float  # mean probability of the generated tokens
-    bbox: tuple[int, int, int, int]  # x_offset, y_offset, width, height in pixels
+    bbox: tuple[int, int, int, int]  # x_offset, y_offset, width, height in the input frame's pixels
     mask_area: int
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -148,7 +147,9 @@ class Captioner:
             keep = [present.index(i) for i in wanted]  # no neighbour context: the others need no encoding at all
             present, region_masks = wanted, region_masks[keep]
         config = self.config
-        frame = torch.from_numpy(np.ascontiguousarray(image))[None]
+        # One letterbox to the high-res side, as training sees frames; both views are taken from it.
+        frame = letterbox_frames(torch.from_numpy(np.ascontiguousarray(image))[None], config.hr_image_size,
+                                 config.image_mean)
         hr = normalise_frames(frame, config.hr_image_size, config.image_mean, config.image_std) \
             if config.use_hr else None
         lr = normalise_frames(frame, config.lr_image_size, config.image_mean, config.image_std)

@@ -64,6 +64,8 @@ def _load_labels(path: Path) -> np.ndarray:
 def cmd_caption(args) -> int:
     from .captioner import Captioner
 
+    if args.bag:
+        return _caption_bag(args)
     if args.demo_seed is not None:
         if args.image or args.masks:
             raise CommandError("give either --demo-seed or --image/--masks, not both")
@@ -91,6 +93,29 @@ def cmd_caption(args) -> int:
     return 0
 
 
+def _caption_bag(args) -> int:
+    """`caption --bag`: every image + mask pair of a rosbag2, paired and checked as the node does."""
+    from .ros_support.bags import BagError, caption_bag, check_topics
+
+    if not (args.image_topic and args.mask_topic and args.out):
+        print("error: --bag needs --image-topic, --mask-topic and --out", file=sys.stderr)
+        return 2
+    try:
+        check_topics(args.bag, args.image_topic, args.mask_topic)  # a bad bag fails before the model loads
+        from .captioner import Captioner
+
+        captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir)
+        summary = caption_bag(args.bag, args.out, captioner, args.image_topic, args.mask_topic, task=args.task,
+                              attributes=args.attributes.split(",") if args.attributes else None,
+                              storage=args.storage, annotated=args.annotated, sync_slop=args.sync_slop,
+                              progress=True)
+    except (BagError, FileNotFoundError, ImportError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(summary.lines()))
+    return 0
+
+
 def cmd_train(args) -> int:
     from .train import train
 
@@ -104,7 +129,13 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate
 
     captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir)
-    report = evaluate(captioner, n=args.n, seed=args.seed, tasks=args.tasks or TASKS)
+    if args.suite == "camera":
+        from .evaluate_camera import camera_suite, format_table
+
+        report = camera_suite(captioner, n=args.n or 40, seed=args.seed)
+        print(format_table(report), file=sys.stderr)
+    else:
+        report = evaluate(captioner, n=args.n or 500, seed=args.seed, tasks=args.tasks or TASKS)
     text = json.dumps(report, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -166,6 +197,14 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--max-new-tokens", type=int_between(1, MAX_NEW_TOKENS), default=None,
                    help="caption length limit in tokens (default: the model's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    p.add_argument("--bag", help="caption a rosbag2 (folder, .db3 or .mcap) offline, with the node's pairing rules")
+    p.add_argument("--image-topic", help="--bag: the sensor_msgs/Image topic of the frames")
+    p.add_argument("--mask-topic", help="--bag: the instance-mask topic (mono8, mono16 or 32SC1 label images)")
+    p.add_argument("--out", help="--bag: new bag folder for the input topics + /region_captions and captions.jsonl")
+    p.add_argument("--storage", choices=("sqlite3", "mcap"), default=None, help="--bag: output storage (default: "
+                   "the input's)")
+    p.add_argument("--annotated", action="store_true", help="--bag: also write /finecaption_node/annotated_image")
+    p.add_argument("--sync-slop", type=float, default=0.0, help="--bag: seconds image and mask stamps may differ")
     p.set_defaults(func=cmd_caption)
 
     p = sub.add_parser("train", help="train a model on fresh synthetic scenes (torchrun for DDP)")
@@ -179,15 +218,20 @@ def build_parser() -> ArgumentParser:
             continue
         kind = {"int": int, "float": float, "str": str, "bool": boolean}[base]
         p.add_argument(flag, dest=f.name, type=kind, default=value,
-                       choices=("mask", "box", "none") if f.name == "mask_mode" else None)
+                       choices={"mask_mode": ("mask", "box", "none"), "style": ("clean", "camera")}.get(f.name))
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate on fresh synthetic scenes; prints JSON")
     _add_model_arguments(p)
-    p.add_argument("--n", type=positive_int, default=500, help="number of scenes")
+    p.add_argument("--suite", default="generator", choices=("generator", "camera"),
+                   help="generator: the generator's clean 256 px scenes; camera: one row per camera condition "
+                        "(sizes, shifts, masks, backgrounds, effects), counts 1-10 and consistency; the table goes "
+                        "to stderr, the JSON to stdout")
+    p.add_argument("--n", type=positive_int, default=None,
+                   help="scenes (generator suite; default 500) or scenes per condition (camera suite; default 40)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--tasks", type=names_from(TASKS), default=None,
-                   help=f"comma-separated subset of {','.join(TASKS)}")
+                   help=f"comma-separated subset of {','.join(TASKS)} (generator suite)")
     p.add_argument("--out", type=output_file, default=None, help="also write the JSON report here")
     p.set_defaults(func=cmd_eval)
 

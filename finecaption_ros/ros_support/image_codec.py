@@ -21,6 +21,11 @@ IMAGE_ENCODINGS = {
     "bgra8": (4, (2, 1, 0)),
     "mono8": (1, None),
 }
+# RGB -> grey as OpenCV's cvtColor (and so cv_bridge) computes it for 8-bit images: the BT.601 luma weights
+# 0.299/0.587/0.114 in 14-bit fixed point, rounded half up. A plain channel mean would make pure red 85, not 76.
+LUMA_WEIGHTS = (4899, 9617, 1868)  # round(w * 2**14) for R, G, B; they add up to 2**14
+LUMA_SHIFT = 14
+
 # encoding -> numpy dtype of the single channel
 MASK_ENCODINGS = {
     "mono8": np.uint8,
@@ -98,9 +103,10 @@ def decode_image(msg, max_pixels: int = 0) -> np.ndarray:
     order = IMAGE_ENCODINGS[msg.encoding][1]
     if order is None:
         return np.ascontiguousarray(np.repeat(view, 3, axis=2))
+    # np.array always copies (ascontiguousarray would hand back a view of a read-only or reused message buffer).
     if order == (0, 1, 2):
-        return np.ascontiguousarray(view[:, :, :3])
-    return np.ascontiguousarray(view[:, :, 2::-1])
+        return np.array(view[:, :, :3], order="C")
+    return np.array(view[:, :, 2::-1], order="C")
 
 
 def decode_mask(msg, max_pixels: int = 0) -> np.ndarray:
@@ -113,11 +119,18 @@ def decode_mask(msg, max_pixels: int = 0) -> np.ndarray:
     return labels
 
 
+def rgb_to_mono8(rgb: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 RGB -> HxW uint8 luma, bit-exact with cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)."""
+    r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
+    wr, wg, wb = LUMA_WEIGHTS
+    return ((r * wr + g * wg + b * wb + (1 << (LUMA_SHIFT - 1))) >> LUMA_SHIFT).astype(np.uint8)
+
+
 def encode(array_hwc: np.ndarray, encoding: str) -> dict:
     """numpy -> the fields of a sensor_msgs/Image (height, width, encoding, is_bigendian, step, data).
 
     An HxWx3 uint8 RGB array for image encodings; an HxW integer label array for mask encodings (mono8 takes
-    either: a 2-D array is written as labels, a 3-D one as grey).
+    either: a 2-D array is written as labels, a 3-D one as grey, with OpenCV's luma weights).
 
     `data` is an array.array('B'), which rclpy takes without checking each byte."""
     arr = np.ascontiguousarray(array_hwc)
@@ -126,7 +139,7 @@ def encode(array_hwc: np.ndarray, encoding: str) -> dict:
         if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
             raise ValueError(f"encode({encoding!r}) needs an HxWx3 uint8 RGB array, got {arr.shape} {arr.dtype}")
         if order is None:
-            arr = arr.mean(axis=2, keepdims=True).round().astype(np.uint8)
+            arr = rgb_to_mono8(arr)[:, :, None]
         elif channels == 4:
             alpha = np.full(arr.shape[:2] + (1,), 255, dtype=np.uint8)
             arr = np.concatenate([arr[:, :, list(order)], alpha], axis=2)

@@ -40,7 +40,7 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("engine_on_mismatch", "rebuild", "TensorRT plans built for another GPU / TensorRT / model: rebuild "
               "them at start-up, or refuse to start with the command that fixes it", read_only=True,
               choices=("rebuild", "refuse")),
-    ParamSpec("num_threads", 0, "CPU threads for inference; 0 = the library default", read_only=True, minimum=0,
+    ParamSpec("num_threads", 0, "CPU threads for inference; 0 = one per core, less one for DDS and the camera", read_only=True, minimum=0,
               maximum=256),
     ParamSpec("task", "dense", "what to caption: one attribute per region, a dense caption per region, or the whole "
               "image", choices=TASKS),
@@ -69,6 +69,8 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("reuse_pixel_threshold", 4.0, "maximum mean absolute pixel change (0..255) for reuse", minimum=0.0,
               maximum=255.0),
     ParamSpec("reuse_max_age", 10.0, "seconds a caption may be reused; 0 = no limit", minimum=0.0, maximum=3600.0),
+    ParamSpec("service_queue_depth", 64, "~/caption_regions requests that may wait (DDS history depth); they are "
+              "answered in order, one between each two stream frames", read_only=True, minimum=1, maximum=1000),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", read_only=True, minimum=0.05,
               maximum=60.0),
 )
@@ -168,6 +170,16 @@ SOURCE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("publish_ground_truth", True, "synthetic: publish the scene's true captions on ~/ground_truth",
               read_only=True),
     ParamSpec("qos", "reliable", "QoS of the published topics", read_only=True, choices=QOS_PROFILES),
+    ParamSpec("bag", "", "rosbag2 to replay (folder, .db3 or .mcap) instead of source: its topics under their "
+              "recorded names, messages as recorded (header stamps included), at the recorded pace; once",
+              read_only=True),
+    ParamSpec("bag_rate", 1.0, "bag replay speed factor, as ros2 bag play --rate (2.0 = twice as fast)",
+              read_only=True, minimum=0.01, maximum=100.0),
+    ParamSpec("bag_topics", "", "bag replay: comma-separated topics to publish; empty = every topic",
+              read_only=True),
+    ParamSpec("bag_wait_subscribers", 0.0, "bag replay: wait up to this many seconds, before the first message, "
+              "until every replayed topic has a subscriber; 0 = start at once", read_only=True, minimum=0.0,
+              maximum=3600.0),
 )
 SOURCE_PARAM_NAMES = frozenset(p.name for p in SOURCE_PARAMS)
 _SOURCE_BY_NAME = {p.name: p for p in SOURCE_PARAMS}
