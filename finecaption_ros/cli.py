@@ -95,23 +95,17 @@ def cmd_caption(args) -> int:
 
 def _caption_bag(args) -> int:
     """`caption --bag`: every image + mask pair of a rosbag2, paired and checked as the node does."""
-    from .ros_support.bags import BagError, caption_bag, check_topics
+    from .ros_support.bags import caption_bag, check_topics
 
     if not (args.image_topic and args.mask_topic and args.out):
-        print("error: --bag needs --image-topic, --mask-topic and --out", file=sys.stderr)
-        return 2
-    try:
-        check_topics(args.bag, args.image_topic, args.mask_topic)  # a bad bag fails before the model loads
-        from .captioner import Captioner
+        raise CommandError("--bag needs --image-topic, --mask-topic and --out")
+    check_topics(args.bag, args.image_topic, args.mask_topic)  # a bad bag fails before the model loads
+    from .captioner import Captioner
 
-        captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir)
-        summary = caption_bag(args.bag, args.out, captioner, args.image_topic, args.mask_topic, task=args.task,
-                              attributes=args.attributes.split(",") if args.attributes else None,
-                              storage=args.storage, annotated=args.annotated, sync_slop=args.sync_slop,
-                              progress=True)
-    except (BagError, FileNotFoundError, ImportError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir)
+    summary = caption_bag(args.bag, args.out, captioner, args.image_topic, args.mask_topic, task=args.task,
+                          attributes=list(args.attributes or ()) or None, storage=args.storage,
+                          annotated=args.annotated, sync_slop=args.sync_slop, progress=True)
     print("\n".join(summary.lines()))
     return 0
 
