@@ -18,7 +18,7 @@ import torch
 from .model.config import FineCaptionConfig
 from .model.finecaption import DEFAULT_MODEL_DIR, FineCaptionModel, FrameFeatures, load_tokenizer, weights_digest
 from .model.generate import DecoderSession, TorchDecoderSession, greedy_decode
-from .model.inputs import letterbox_frames, normalise_frames, region_inputs
+from .model.inputs import normalise_frames, region_inputs
 from .tasks import ATTRIBUTE_TASK, GLOBAL_TASK, MAX_NEW_TOKENS, MAX_REGIONS, TASKS, prompt_for, tidy_caption
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -37,7 +37,7 @@ class RegionCaption:
     attribute: str  # "" unless task == "attribute"
     caption: str
     confidence: float  # mean probability of the generated tokens
-    bbox: tuple[int, int, int, int]  # x_offset, y_offset, width, height in the input frame's pixels
+    bbox: tuple[int, int, int, int]  # x_offset, y_offset, width, height in pixels
     mask_area: int
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -147,9 +147,7 @@ class Captioner:
             keep = [present.index(i) for i in wanted]  # no neighbour context: the others need no encoding at all
             present, region_masks = wanted, region_masks[keep]
         config = self.config
-        # One letterbox to the high-res side, as training sees frames; both views are taken from it.
-        frame = letterbox_frames(torch.from_numpy(np.ascontiguousarray(image))[None], config.hr_image_size,
-                                 config.image_mean)
+        frame = torch.from_numpy(np.ascontiguousarray(image))[None]
         hr = normalise_frames(frame, config.hr_image_size, config.image_mean, config.image_std) \
             if config.use_hr else None
         lr = normalise_frames(frame, config.lr_image_size, config.image_mean, config.image_std)

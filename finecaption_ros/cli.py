@@ -123,13 +123,7 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate
 
     captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir)
-    if args.suite == "camera":
-        from .evaluate_camera import camera_suite, format_table
-
-        report = camera_suite(captioner, n=args.n or 40, seed=args.seed)
-        print(format_table(report), file=sys.stderr)
-    else:
-        report = evaluate(captioner, n=args.n or 500, seed=args.seed, tasks=args.tasks or TASKS)
+    report = evaluate(captioner, n=args.n, seed=args.seed, tasks=args.tasks or TASKS)
     text = json.dumps(report, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -212,20 +206,15 @@ def build_parser() -> ArgumentParser:
             continue
         kind = {"int": int, "float": float, "str": str, "bool": boolean}[base]
         p.add_argument(flag, dest=f.name, type=kind, default=value,
-                       choices={"mask_mode": ("mask", "box", "none"), "style": ("clean", "camera")}.get(f.name))
+                       choices=("mask", "box", "none") if f.name == "mask_mode" else None)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate on fresh synthetic scenes; prints JSON")
     _add_model_arguments(p)
-    p.add_argument("--suite", default="generator", choices=("generator", "camera"),
-                   help="generator: the generator's clean 256 px scenes; camera: one row per camera condition "
-                        "(sizes, shifts, masks, backgrounds, effects), counts 1-10 and consistency; the table goes "
-                        "to stderr, the JSON to stdout")
-    p.add_argument("--n", type=positive_int, default=None,
-                   help="scenes (generator suite; default 500) or scenes per condition (camera suite; default 40)")
+    p.add_argument("--n", type=positive_int, default=500, help="number of scenes")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--tasks", type=names_from(TASKS), default=None,
-                   help=f"comma-separated subset of {','.join(TASKS)} (generator suite)")
+                   help=f"comma-separated subset of {','.join(TASKS)}")
     p.add_argument("--out", type=output_file, default=None, help="also write the JSON report here")
     p.set_defaults(func=cmd_eval)
 

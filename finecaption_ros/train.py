@@ -15,7 +15,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -86,46 +85,11 @@ def _override(config: FineCaptionConfig, settings: TrainSettings) -> None:
 
 def model_from(directory: str, settings: TrainSettings):
     """Fine-tuning start: a saved model's weights under its config plus the overrides; parameters the overrides add
-    (e.g. context positions) start as the model initialises them. On the synthetic world, words and attribute
-    classes the saved model lacks (the world grew) are added: the vocabulary keeps its ids, the embeddings, the
-    output layer and the auxiliary heads keep their rows, and the new rows start from the mean of the old ones."""
+    (e.g. context positions) start as the model initialises them."""
     config = FineCaptionConfig.load(directory)
     _override(config, settings)
-    tokenizer = load_tokenizer(directory)
-    if settings.compositioncap:
-        return FineCaptionModel.from_pretrained(directory, config=config, allow_new_parameters=True), tokenizer
-    grown = build_word_tokenizer(world_texts(), keep=tokenizer.get_vocab())
-    if len(grown) == len(tokenizer) and config.aux_classes == AUX_CLASSES:
-        return FineCaptionModel.from_pretrained(directory, config=config, allow_new_parameters=True), tokenizer
-    old_classes = config.aux_classes
-    config.aux_classes = AUX_CLASSES
-    config.decoder = dict(config.decoder, vocab_size=len(grown))
-    model = FineCaptionModel(config)
-    state = load_file(str(Path(directory) / WEIGHTS_NAME))
-    fresh = model.state_dict()
-    rows_of = {}  # parameter -> (old row index for each new row, or -1)
-    for name, values in AUX_CLASSES.items():
-        before = old_classes.get(name, [])
-        rows_of[f"aux_heads.{name}"] = [before.index(v) if v in before else -1 for v in values]
-    vocab_rows = list(range(len(tokenizer))) + [-1] * (len(grown) - len(tokenizer))
-    for name, tensor in state.items():
-        if name not in fresh:
-            continue
-        target = fresh[name]
-        if target.shape == tensor.shape:
-            target.copy_(tensor)
-            continue
-        prefix = name.rsplit(".", 1)[0]
-        rows = rows_of.get(prefix, vocab_rows if target.shape[0] == len(grown) else None)
-        if rows is None or target.shape[1:] != tensor.shape[1:]:
-            raise ValueError(f"cannot grow {name} from {tuple(tensor.shape)} to {tuple(target.shape)}")
-        mean = tensor.float().mean(dim=0).to(tensor.dtype)
-        for new, old in enumerate(rows):
-            target[new] = tensor[old] if old >= 0 else mean
-    model.load_state_dict(fresh)
-    added = len(grown) - len(tokenizer)
-    print(f"grew the world: {added} new words, attribute classes {', '.join(f'{k} {len(v)}' for k, v in AUX_CLASSES.items())}")
-    return model, grown
+    model = FineCaptionModel.from_pretrained(directory, config=config, allow_new_parameters=True)
+    return model, load_tokenizer(directory)
 
 
 def learning_rate(step: int, settings: TrainSettings) -> float:
@@ -209,9 +173,7 @@ def train(settings: TrainSettings) -> Path:
     else:
         data = SceneBatches(tokenizer, settings.scenes_per_batch, model.config.hr_image_size,
                             seed=settings.seed + start_step, rank=ctx.rank, p_global=settings.p_global,
-                            p_dense=settings.p_dense, relation_boost=settings.relation_boost, style=settings.style,
-                            min_objects=settings.min_objects, max_objects=settings.max_objects,
-                            mask_noise=settings.mask_noise)
+                            p_dense=settings.p_dense, relation_boost=settings.relation_boost)
     loader = DataLoader(data, batch_size=None, num_workers=settings.workers,
                         persistent_workers=settings.workers > 0)
     if ctx.main:

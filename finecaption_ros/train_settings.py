@@ -36,10 +36,6 @@ class TrainSettings:
     p_global: float = 0.25  # share of scenes that also train the global task
     p_dense: float = 0.3  # share of regions asked for a dense caption (the rest: one attribute)
     relation_boost: float = 1.0  # relative_location asked this many times as often as each other attribute
-    style: str = "clean"  # synthetic frames: "clean" (256 px, as the generator suite) or "camera" (data/scenes.py)
-    min_objects: int = 3
-    max_objects: int = 5
-    mask_noise: float = 0.5  # camera style: share of scenes whose masks are perturbed like a real segmenter's
     compositioncap: str | None = None  # a CompositionCap-format annotation file: train on it instead of scenes
     image_root: str | None = None  # where its images are (default: the annotation file's folder)
     overwrite: bool = False  # replace a model already in `out` (without --resume, training refuses to)
@@ -52,8 +48,7 @@ class TrainSettings:
             "aux_weight": (0, None, True), "checkpoint_every": (1, None, True), "seed": (0, 2**32 - 1, True),
             "threads": (1, 1024, True), "workers": (0, 64, True), "max_minutes": (0, None, False),
             "context_grid": (1, 64, True), "neighbor_tokens": (0, 16, True), "p_global": (0, 1, True),
-            "p_dense": (0, 1, True), "relation_boost": (0, None, False), "min_objects": (1, 10, True),
-            "max_objects": (1, 10, True), "mask_noise": (0, 1, True),
+            "p_dense": (0, 1, True), "relation_boost": (0, None, False),
         }
         for name, (low, high, inclusive) in limits.items():
             value = getattr(self, name)
@@ -65,5 +60,3 @@ class TrainSettings:
             if value < low or (value == low and not inclusive) or (high is not None and value > high):
                 bound = f"{'>=' if inclusive else '>'} {low}" + (f" and <= {high}" if high is not None else "")
                 raise ValueError(f"{flag} must be {bound}, got {value}")
-        if self.min_objects > self.max_objects:
-            raise ValueError(f"--min-objects ({self.min_objects}) must not exceed --max-objects ({self.max_objects})")

@@ -111,9 +111,7 @@ def example_inputs(model: FineCaptionModel, frames: int = 2, regions: int = 3, p
     lr = torch.randn(frames, 3, s, s, generator=generator)
     masks = (torch.rand(regions, 1, S, S, generator=generator) > 0.6).float()
     corners = torch.rand(regions, 2, generator=generator) * 0.5
-    far = corners + 0.2 + torch.rand(regions, 2, generator=generator) * 0.3
-    content = torch.tensor([[1.0, 0.75]]).expand(regions, 2)  # region geometry (model/inputs.py) of a 4:3 frame
-    boxes = torch.cat([corners, far, (corners + far) / 2, content], dim=1)
+    boxes = torch.cat([corners, corners + 0.2 + torch.rand(regions, 2, generator=generator) * 0.3], dim=1)
     frame_index = torch.arange(regions) % frames
     vocab = model.decoder.config.vocab_size
     prompt_ids = torch.randint(4, vocab, (regions, prompt), generator=generator)

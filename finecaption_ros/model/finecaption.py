@@ -76,8 +76,7 @@ class FineCaptionModel(nn.Module):
     def visual_tokens(self, lr_pixels: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
                       frames: FrameFeatures, frame_index: torch.Tensor,
                       groups: torch.Tensor | None = None) -> torch.Tensor:
-        """lr_pixels (F,3,s,s) per frame; masks (R,1,S,S) float at the high-res side; boxes (R,8) region geometry
-        (`model/inputs.py`);
+        """lr_pixels (F,3,s,s) per frame; masks (R,1,S,S) float at the high-res side; boxes (R,4) normalised;
         frame_index (R,) which frame each region belongs to; groups (R,) which regions are each other's neighbours
         (default: those of the same frame) -> (R, T, width).
 
@@ -118,7 +117,7 @@ class FineCaptionModel(nn.Module):
     def mode_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         """The boxes the model sees: the whole image for mask_mode "none", else the regions' own."""
         if self.config.mask_mode == "none":
-            return torch.tensor([0.0, 0.0, 1.0, 1.0, 0.5, 0.5, 1.0, 1.0]).expand_as(boxes).to(boxes)
+            return torch.tensor([0.0, 0.0, 1.0, 1.0]).expand_as(boxes).to(boxes)
         return boxes
 
     def apply_mask_mode(self, masks: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,9 +131,7 @@ class FineCaptionModel(nn.Module):
         coords = (torch.arange(side, device=masks.device, dtype=masks.dtype) + 0.5) / side
         inside_x = (coords[None] >= boxes[:, 0:1]) & (coords[None] <= boxes[:, 2:3])
         inside_y = (coords[None] >= boxes[:, 1:2]) & (coords[None] <= boxes[:, 3:4])
-        filled = (inside_y[:, :, None] & inside_x[:, None, :]).unsqueeze(1).to(masks.dtype)
-        centres = (boxes[:, 0:2] + boxes[:, 2:4]) / 2  # a filled box's centroid
-        return filled, torch.cat([boxes[:, :4], centres, boxes[:, 6:8]], dim=1)
+        return (inside_y[:, :, None] & inside_x[:, None, :]).unsqueeze(1).to(masks.dtype), boxes
 
     def aux_logits(self, visual: torch.Tensor) -> dict[str, torch.Tensor]:
         summary = visual[:, self.summary_index]
