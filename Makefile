@@ -44,8 +44,8 @@ FINETUNE = --init-from runs/default-base --out runs/default --lr 5e-4 --threads 
   --count-token true --p-global 0.5
 default-model: setup
 	$(VENV)/bin/finecaption train --out runs/default-base --steps 3000 --threads 2 --neighbor-tokens 0 \
-	  --count-token false
-	$(VENV)/bin/finecaption train $(FINETUNE) --steps 2000 --relation-boost 3
+	  --count-token false --overwrite
+	$(VENV)/bin/finecaption train $(FINETUNE) --steps 2000 --relation-boost 3 --overwrite
 	$(VENV)/bin/finecaption train $(FINETUNE) --steps 4000 --relation-boost 6 --resume
 	mkdir -p finecaption_ros/checkpoints/default
 	cp runs/default/{config.json,model.safetensors,tokenizer.json,tokenizer_config.json,training_summary.json} \
@@ -54,7 +54,7 @@ default-model: setup
 # The README's ablation table: four variants, the same budget each, evaluated on the same fresh scenes. They test
 # the paper's mask and high-res claims on FineCaption's own architecture, so without the scene-context tokens.
 ABLATION_STEPS ?= 400
-ABLATION_BASE = --steps $(ABLATION_STEPS) --threads 1 --neighbor-tokens 0 --count-token false
+ABLATION_BASE = --steps $(ABLATION_STEPS) --threads 1 --neighbor-tokens 0 --count-token false --overwrite
 ablations: setup
 	$(VENV)/bin/finecaption train --out runs/ablation-full $(ABLATION_BASE)
 	$(VENV)/bin/finecaption train --out runs/ablation-box $(ABLATION_BASE) --mask-mode box

@@ -9,7 +9,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["finecaption_ros", "finecaption_ros.*"]),
-    package_data={"finecaption_ros": ["configs/*.json", "checkpoints/default/*"]},
+    package_data={"finecaption_ros": ["configs/*.json", "checkpoints/default/*", "ros_support/*.xml"]},
     install_requires=[
         "torch>=2.4,<=2.14.1",
         "transformers>=5.24,<6",
@@ -21,7 +21,10 @@ setup(
     ],
     extras_require={
         "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
-        "tensorrt": ["tensorrt>=10", "onnx>=1.16"],
+        # TensorRT's Python API as tested (10.0 - 11.4): the CUDA 12 build (most desktops and servers today), or
+        # the CUDA 13 one; on Jetson it comes with JetPack (`sudo apt install python3-libnvinfer`).
+        "tensorrt": ["tensorrt-cu12>=10,<11.5", "onnx>=1.16"],
+        "tensorrt-cu13": ["tensorrt-cu13>=10.13,<11.5", "onnx>=1.16"],
         "test": ["pytest>=8"],
     },
     entry_points={"console_scripts": ["finecaption = finecaption_ros.cli:main"]},

@@ -26,41 +26,21 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_DOMAIN_ID"] = os.environ.get("FINECAPTION_BENCH_DOMAIN_ID") or str(1 + os.getpid() % 230)
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "ros")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "ros"), str(ROOT / "bench")]
 
 import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
 from sensor_msgs.msg import Image, RegionOfInterest  # noqa: E402
 
-from finecaption_ros.data.scenes import SceneGenerator  # noqa: E402
 from finecaption_ros.msg import RegionCaption, RegionCaptionArray  # noqa: E402
 from finecaption_ros.ros.common import fill_image  # noqa: E402
 from finecaption_ros.ros_support.image_codec import check_image, check_mask, encode  # noqa: E402
 from finecaption_ros.ros_support.pairing import IMAGE, MASK, StampPairer  # noqa: E402
 from finecaption_ros.ros_support.pipeline import CaptionPipeline, PipelineConfig  # noqa: E402
+from node_frames import frame_with_regions  # noqa: E402
 
 REGION_COUNTS = (1, 4, 8)
-
-
-def frame_with_regions(count: int, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """A demo-camera scene with exactly `count` regions (objects first, then background squares)."""
-    generator = SceneGenerator(seed=seed, min_objects=6, max_objects=6, split="train")
-    scene = generator.sample()
-    labels = np.zeros_like(scene.labels)
-    ids = [o.region_id for o in scene.objects][:count]
-    for i in ids:
-        labels[scene.labels == i] = i
-    k = 0
-    while len(ids) < count:  # extra regions: 24x24 background squares
-        y, x = divmod(k, 8)
-        k += 1
-        box = (slice(y * 32, y * 32 + 24), slice(x * 32, x * 32 + 24))
-        if (scene.labels[box] == 0).all():
-            new_id = 256 - len(ids)
-            labels[box] = new_id
-            ids.append(new_id)
-    return scene.image, labels
 
 
 def timed(fn, repeat: int) -> float:

@@ -1,5 +1,6 @@
-"""GPU check for the engine layer (< 5 minutes on a machine with an NVIDIA GPU): export, build fp16 TensorRT plans,
-compare TensorRT with ONNX Runtime and torch (tokens and relative error), time them, print one table.
+"""GPU check for the engine layer (< 5 minutes on a machine with an NVIDIA GPU): export (fp32 graphs, and the fp16
+graphs that fp16 plans are built from), build fp16 TensorRT plans (strongly typed on TensorRT >= 10.12), compare
+TensorRT with ONNX Runtime and torch (tokens and relative error), time them, print one table.
 
     engine/gpu_check.sh [--model DIR] [--frames 20] [--scenes 10] [--precision fp16] [--out DIR] [--json FILE]
 
@@ -31,10 +32,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from finecaption_ros.captioner import DEFAULT_MODEL_DIR, Captioner  # noqa: E402
+from finecaption_ros.captioner import Captioner  # noqa: E402
 from finecaption_ros.data.scenes import SceneGenerator  # noqa: E402
 from finecaption_ros.engines.export import example_inputs, export_onnx, relative_error  # noqa: E402
-from finecaption_ros.model.finecaption import FineCaptionModel  # noqa: E402
+from finecaption_ros.model.finecaption import DEFAULT_MODEL_DIR, FineCaptionModel  # noqa: E402
 
 START = time.monotonic()
 
@@ -178,7 +179,9 @@ def main(argv=None) -> int:
     if not env["cuda_available"]:
         say("NOTE: torch sees no CUDA GPU (CPU-only torch or no GPU): the torch-cuda and tensorrt rows are skipped")
     if env["tensorrt"] is None:
-        say("NOTE: tensorrt is not installed (pip install 'tensorrt>=10'): the tensorrt rows are skipped")
+        say("NOTE: tensorrt is not installed (pip install 'tensorrt-cu12>=10,<11.5' on CUDA 12, "
+            "'tensorrt-cu13>=10.13,<11.5' on CUDA 13, apt install python3-libnvinfer on Jetson): the tensorrt rows "
+            "are skipped")
     if env["onnxruntime"] is None:
         say("NOTE: onnxruntime is not installed: the onnxruntime rows are skipped")
 
@@ -204,6 +207,10 @@ def main(argv=None) -> int:
         manifest = export_onnx(model_dir, onnx_dir, progress=lambda m: None)
         say(f"exported in {time.monotonic() - started:.1f} s; ORT-CPU vs torch-CPU max rel. error "
             f"{max(manifest['verification'].values()):.2e}")
+        if args.precision == "fp16":  # what fp16 plans are built from, where build_engines looks for them
+            manifest = export_onnx(model_dir, onnx_dir / "fp16", progress=lambda m: None, precision="fp16")
+            say(f"fp16 graphs exported; ORT-CPU fp16 vs torch-CPU fp32 max rel. error "
+                f"{max(manifest['verification'].values()):.2e}")
     except Exception as error:  # without graphs only the torch rows remain
         traceback.print_exc()
         notes.append(f"export failed: {error}")
@@ -218,6 +225,9 @@ def main(argv=None) -> int:
     if onnx_dir is not None and env["onnxruntime"]:
         captioners["onnxruntime (cpu, fp32)"] = Captioner.from_pretrained(
             model_dir, backend="onnxruntime", engine_dir=onnx_dir, providers=["CPUExecutionProvider"])
+        if args.precision == "fp16":
+            captioners["onnxruntime (cpu, fp16 graphs)"] = Captioner.from_pretrained(
+                model_dir, backend="onnxruntime", engine_dir=onnx_dir / "fp16", providers=["CPUExecutionProvider"])
         if "CUDAExecutionProvider" in env.get("ort_providers", []):
             captioners["onnxruntime (cuda, fp32)"] = Captioner.from_pretrained(
                 model_dir, backend="onnxruntime", engine_dir=onnx_dir,
@@ -228,7 +238,8 @@ def main(argv=None) -> int:
             say(f"building {args.precision} TensorRT plans (progress below)")
             from finecaption_ros.engines.trt_build import build_engines
 
-            build_engines(onnx_dir, precision=args.precision, progress=lambda m: say("  " + m))
+            plan_dir = build_engines(onnx_dir, precision=args.precision, progress=lambda m: say("  " + m))
+            say(f"plans: {json.loads((plan_dir / 'manifest.json').read_text())['typing']} network")
             build_s = time.monotonic() - started
             captioners[f"tensorrt (cuda, {args.precision})"] = Captioner.from_pretrained(
                 model_dir, backend="tensorrt", engine_dir=onnx_dir, precision=args.precision, on_mismatch="refuse")

@@ -17,7 +17,9 @@ print(" ".join(m for m in ("torch", "transformers", "onnx", "onnxruntime", "tens
 PY
 )
 if [[ -n "$missing" ]]; then
-  echo "gpu_check: missing Python packages: $missing (pip install 'tensorrt>=10' onnxruntime-gpu ...); continuing" >&2
+  echo "gpu_check: missing Python packages: $missing (tensorrt: pip install 'tensorrt-cu12>=10,<11.5' on CUDA 12," \
+       "'tensorrt-cu13>=10.13,<11.5' on CUDA 13, apt install python3-libnvinfer on Jetson; onnxruntime-gpu ...);" \
+       "continuing" >&2
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 exec timeout 600 "$PYTHON" engine/gpu_check.py "$@"

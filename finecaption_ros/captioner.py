@@ -16,12 +16,11 @@ import numpy as np
 import torch
 
 from .model.config import FineCaptionConfig
-from .model.finecaption import FineCaptionModel, FrameFeatures, load_tokenizer, weights_digest
+from .model.finecaption import DEFAULT_MODEL_DIR, FineCaptionModel, FrameFeatures, load_tokenizer, weights_digest
 from .model.generate import DecoderSession, TorchDecoderSession, greedy_decode
-from .model.inputs import normalise_frames, region_inputs
-from .tasks import ATTRIBUTE_TASK, GLOBAL_TASK, TASKS, prompt_for, tidy_caption
+from .model.inputs import letterbox_frames, normalise_frames, region_inputs
+from .tasks import ATTRIBUTE_TASK, GLOBAL_TASK, MAX_NEW_TOKENS, MAX_REGIONS, TASKS, prompt_for, tidy_caption
 
-DEFAULT_MODEL_DIR = Path(__file__).parent / "checkpoints" / "default"
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 DEFAULT_MAX_NEW_TOKENS = 24
 MAX_BATCH = 64  # sequences decoded together; bounds memory when a frame has very many regions x attributes
@@ -38,7 +37,7 @@ class RegionCaption:
     attribute: str  # "" unless task == "attribute"
     caption: str
     confidence: float  # mean probability of the generated tokens
-    bbox: tuple[int, int, int, int]  # x_offset, y_offset, width, height in pixels
+    bbox: tuple[int, int, int, int]  # x_offset, y_offset, width, height in the input frame's pixels
     mask_area: int
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -103,7 +102,8 @@ class Captioner:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         model_dir = Path(path) if path is not None else DEFAULT_MODEL_DIR
         if not model_dir.is_dir():
-            raise FileNotFoundError(f"model directory {model_dir} does not exist; pass a directory written by "
+            what = "is a file, not a folder" if model_dir.exists() else "does not exist"
+            raise FileNotFoundError(f"model directory {model_dir} {what}; pass a directory written by "
                                     f"`finecaption train` (or save_pretrained), or omit the path for the default")
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -136,6 +136,7 @@ class Captioner:
         started = time.perf_counter()
         image = _check_image(image)
         task, attributes = self._check_task(task, attributes)
+        _check_max_new_tokens(max_new_tokens)
         if task == GLOBAL_TASK:
             present, region_masks = [0], np.ones((1,) + image.shape[:2], dtype=bool)
             wanted = present
@@ -146,7 +147,9 @@ class Captioner:
             keep = [present.index(i) for i in wanted]  # no neighbour context: the others need no encoding at all
             present, region_masks = wanted, region_masks[keep]
         config = self.config
-        frame = torch.from_numpy(np.ascontiguousarray(image))[None]
+        # One letterbox to the high-res side, as training sees frames; both views are taken from it.
+        frame = letterbox_frames(torch.from_numpy(np.ascontiguousarray(image))[None], config.hr_image_size,
+                                 config.image_mean)
         hr = normalise_frames(frame, config.hr_image_size, config.image_mean, config.image_std) \
             if config.use_hr else None
         lr = normalise_frames(frame, config.lr_image_size, config.image_mean, config.image_std)
@@ -228,6 +231,14 @@ def _check_image(image) -> np.ndarray:
     return image
 
 
+def _check_max_new_tokens(value) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_NEW_TOKENS:
+        raise CaptionerInputError(f"max_new_tokens must be an integer in 1..{MAX_NEW_TOKENS}, got {value!r:.40}; "
+                                  f"pass None for the default ({DEFAULT_MAX_NEW_TOKENS})")
+
+
 def _split_masks(masks, shape: tuple[int, int]) -> tuple[list[int], np.ndarray]:
     """Label map (HxW int, 0 = background) or a list / (N,H,W) stack of bool masks -> (ids, (R,H,W) bool)."""
     if masks is None:
@@ -240,12 +251,14 @@ def _split_masks(masks, shape: tuple[int, int]) -> tuple[list[int], np.ndarray]:
         ids = ids[ids != 0]
         if len(ids) == 0:
             raise CaptionerInputError("the label map has no regions (every pixel is 0 = background)")
+        _check_region_count(len(ids))
         return [int(i) for i in ids], masks[None] == ids[:, None, None]
     if isinstance(masks, np.ndarray) and masks.ndim == 2:
         masks = [masks]
     stack = list(masks) if not isinstance(masks, np.ndarray) else list(masks)
     if not stack:
         raise CaptionerInputError("no masks given: pass at least one region")
+    _check_region_count(len(stack))
     for i, mask in enumerate(stack):
         if not isinstance(mask, np.ndarray) or mask.ndim != 2:
             raise CaptionerInputError(f"mask {i} must be a 2-D numpy array")
@@ -256,6 +269,12 @@ def _split_masks(masks, shape: tuple[int, int]) -> tuple[list[int], np.ndarray]:
         if not mask.any():
             raise CaptionerInputError(f"mask {i} is empty: it selects no pixel")
     return list(range(1, len(stack) + 1)), np.stack(stack)
+
+
+def _check_region_count(count: int) -> None:
+    if count > MAX_REGIONS:
+        raise CaptionerInputError(f"{count} regions is more than the {MAX_REGIONS} one frame may hold; keep the "
+                                  "largest (the node's max_regions does) or merge labels")
 
 
 def _check_region_ids(region_ids, present: list[int]) -> list[int]:

@@ -1,37 +1,74 @@
-"""`finecaption` command line: caption, train, eval, demo-data (and export-onnx / build-engine from the engines)."""
+"""`finecaption` command line: caption, train, eval, demo-data (and export-onnx / build-engine from the engines).
+
+Every error takes one path (`cli_args.run`): one line `finecaption: error: ...` on stderr and exit status 2.
+"""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 
-from .tasks import ATTRIBUTES, TASKS
+from .cli_args import (ArgumentParser, CommandError, boolean, input_file, int_between, names_from, nonnegative_int,
+                       output_dir, output_file, positive_int, run)
+from .tasks import ATTRIBUTES, MAX_NEW_TOKENS, TASKS
+from .train_settings import TrainSettings
+
+_NPY_MAGIC = b"\x93NUMPY"
 
 
-def _load_rgb(path: str) -> np.ndarray:
+def _open_image(path: Path, what: str):
     from PIL import Image
 
-    return np.asarray(Image.open(path).convert("RGB"))
+    try:
+        with warnings.catch_warnings():  # PIL only warns below twice its pixel limit; refuse those too
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            image.load()
+        return image
+    # PIL reports unreadable files as any of these, and decompression bombs as its own error or warning.
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as err:
+        raise CommandError(f"{what} {path} is not an image that can be read ({err}); give a PNG or JPEG file") from None
 
 
-def _load_labels(path: str) -> np.ndarray:
-    if path.endswith(".npy"):
-        return np.load(path)
-    from PIL import Image
+def _load_rgb(path: Path) -> np.ndarray:
+    return np.asarray(_open_image(path, "--image").convert("RGB"))
 
-    return np.asarray(Image.open(path)).astype(np.int32)
+
+def _load_labels(path: Path) -> np.ndarray:
+    """A label map from a PNG (grey, 16-bit or palette) or a .npy array, never from a pickle."""
+    with open(path, "rb") as handle:
+        is_npy = handle.read(len(_NPY_MAGIC)) == _NPY_MAGIC
+    if is_npy:
+        try:
+            labels = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:  # object arrays need pickle: refused here
+            raise CommandError(f"--masks {path} is not a plain numeric .npy array ({err}); save the label map with "
+                               "np.save(path, labels.astype(np.int32))") from None
+    elif path.suffix.lower() == ".npy":
+        raise CommandError(f"--masks {path} has no .npy header; save the label map with np.save")
+    else:
+        labels = np.asarray(_open_image(path, "--masks"))
+    if labels.dtype.kind not in "biu":
+        raise CommandError(f"--masks {path} holds {labels.dtype} values; a label map holds integers (0 = background)")
+    if labels.ndim != 2:
+        raise CommandError(f"--masks {path} has shape {labels.shape}; a label map is one HxW channel (a grey or "
+                           "palette PNG, or a 2-D .npy)")
+    return labels if labels.dtype == bool else labels.astype(np.int32)
 
 
 def cmd_caption(args) -> int:
-    from .captioner import Captioner, CaptionerInputError
+    from .captioner import Captioner
 
     if args.bag:
         return _caption_bag(args)
     if args.demo_seed is not None:
+        if args.image or args.masks:
+            raise CommandError("give either --demo-seed or --image/--masks, not both")
         from .data.scenes import SceneGenerator
 
         scene = SceneGenerator(split="eval", seed=args.demo_seed).sample()
@@ -40,20 +77,10 @@ def cmd_caption(args) -> int:
         image = _load_rgb(args.image)
         labels = _load_labels(args.masks) if args.masks else None
     else:
-        print("give --image (and --masks) or --demo-seed N", file=sys.stderr)
-        return 2
-    try:
-        captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir)
-    except (FileNotFoundError, ImportError, RuntimeError) as error:  # EngineError is a RuntimeError
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    attributes = args.attributes.split(",") if args.attributes else None
-    try:
-        results = captioner.caption(image, labels, task=args.task, attributes=attributes,
-                                    max_new_tokens=args.max_new_tokens)
-    except CaptionerInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise CommandError("give --image (and --masks) or --demo-seed N")
+    captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir)
+    results = captioner.caption(image, labels, task=args.task, attributes=list(args.attributes or ()) or None,
+                                max_new_tokens=args.max_new_tokens)
     if args.json:
         print(json.dumps({"model": captioner.model_id, "backend": captioner.backend,
                           "captions": [asdict(r) for r in results]}, indent=2))
@@ -68,29 +95,26 @@ def cmd_caption(args) -> int:
 
 def _caption_bag(args) -> int:
     """`caption --bag`: every image + mask pair of a rosbag2, paired and checked as the node does."""
-    from .ros_support.bags import BagError, caption_bag, check_topics
+    from .ros_support.bags import caption_bag, check_topics
 
     if not (args.image_topic and args.mask_topic and args.out):
-        print("error: --bag needs --image-topic, --mask-topic and --out", file=sys.stderr)
-        return 2
-    try:
-        check_topics(args.bag, args.image_topic, args.mask_topic)  # a bad bag fails before the model loads
-        from .captioner import Captioner
+        raise CommandError("--bag needs --image-topic, --mask-topic and --out")
+    if args.image or args.masks or args.demo_seed is not None:
+        raise CommandError("give either --bag or --image/--masks/--demo-seed, not both")
+    # BagError (a ValueError) takes the one error path: a bad bag fails here, before the model loads.
+    check_topics(args.bag, args.image_topic, args.mask_topic)
+    from .captioner import Captioner
 
-        captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir)
-        summary = caption_bag(args.bag, args.out, captioner, args.image_topic, args.mask_topic, task=args.task,
-                              attributes=args.attributes.split(",") if args.attributes else None,
-                              storage=args.storage, annotated=args.annotated, sync_slop=args.sync_slop,
-                              progress=True)
-    except (BagError, FileNotFoundError, ImportError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir)
+    summary = caption_bag(args.bag, args.out, captioner, args.image_topic, args.mask_topic, task=args.task,
+                          attributes=list(args.attributes or ()) or None, storage=args.storage,
+                          annotated=args.annotated, sync_slop=args.sync_slop, progress=True)
     print("\n".join(summary.lines()))
     return 0
 
 
 def cmd_train(args) -> int:
-    from .train import TrainSettings, train
+    from .train import train
 
     settings = TrainSettings(**{f.name: getattr(args, f.name) for f in fields(TrainSettings)})
     train(settings)
@@ -102,12 +126,17 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate
 
     captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir)
-    tasks = tuple(args.tasks.split(",")) if args.tasks else TASKS
-    report = evaluate(captioner, n=args.n, seed=args.seed, tasks=tasks)
+    if args.suite == "camera":
+        from .evaluate_camera import camera_suite, format_table
+
+        report = camera_suite(captioner, n=args.n or 40, seed=args.seed)
+        print(format_table(report), file=sys.stderr)
+    else:
+        report = evaluate(captioner, n=args.n or 500, seed=args.seed, tasks=args.tasks or TASKS)
     text = json.dumps(report, indent=2)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
     print(text)
     return 0
 
@@ -143,24 +172,27 @@ def cmd_demo_data(args) -> int:
     return 0
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="model directory (default: the embedded default model)")
+def _add_model_arguments(parser: ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, default=None,
+                        help="model directory (default: the embedded default model)")
     parser.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"))
     parser.add_argument("--engine-dir", default=None, help="ONNX / TensorRT engine directory for those backends")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finecaption", description=__doc__)
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="finecaption", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("caption", help="caption the masked regions of an image")
     _add_model_arguments(p)
-    p.add_argument("--image", help="RGB image file")
-    p.add_argument("--masks", help="instance label map: PNG (0 = background) or .npy")
-    p.add_argument("--demo-seed", type=int, default=None, help="caption a generated demo scene instead")
+    p.add_argument("--image", type=input_file, help="RGB image file")
+    p.add_argument("--masks", type=input_file, help="instance label map: PNG (0 = background) or .npy")
+    p.add_argument("--demo-seed", type=nonnegative_int, default=None, help="caption a generated demo scene instead")
     p.add_argument("--task", default="dense", choices=TASKS)
-    p.add_argument("--attributes", default=None, help=f"comma-separated, for --task attribute: {','.join(ATTRIBUTES)}")
-    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--attributes", type=names_from(), default=None,
+                   help=f"comma-separated, for --task attribute: {','.join(ATTRIBUTES)} (or the model's own)")
+    p.add_argument("--max-new-tokens", type=int_between(1, MAX_NEW_TOKENS), default=None,
+                   help="caption length limit in tokens (default: the model's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
     p.add_argument("--bag", help="caption a rosbag2 (folder, .db3 or .mcap) offline, with the node's pairing rules")
     p.add_argument("--image-topic", help="--bag: the sensor_msgs/Image topic of the frames")
@@ -172,11 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync-slop", type=float, default=0.0, help="--bag: seconds image and mask stamps may differ")
     p.set_defaults(func=cmd_caption)
 
-    from .train import TrainSettings
-
     p = sub.add_parser("train", help="train a model on fresh synthetic scenes (torchrun for DDP)")
     defaults = TrainSettings()
-    parse_bool = lambda text: text.lower() in ("1", "true", "yes")  # noqa: E731
     for f in fields(TrainSettings):
         flag = "--" + f.name.replace("_", "-")
         value = getattr(defaults, f.name)
@@ -184,24 +213,30 @@ def build_parser() -> argparse.ArgumentParser:
         if base == "bool" and value is not None:
             p.add_argument(flag, dest=f.name, action="store_true", default=value)
             continue
-        kind = {"int": int, "float": float, "str": str, "bool": parse_bool}[base]
+        kind = {"int": int, "float": float, "str": str, "bool": boolean}[base]
         p.add_argument(flag, dest=f.name, type=kind, default=value,
-                       choices=("mask", "box", "none") if f.name == "mask_mode" else None)
+                       choices={"mask_mode": ("mask", "box", "none"), "style": ("clean", "camera")}.get(f.name))
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate on fresh synthetic scenes; prints JSON")
     _add_model_arguments(p)
-    p.add_argument("--n", type=int, default=500, help="number of scenes")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tasks", default=None, help=f"comma-separated subset of {','.join(TASKS)}")
-    p.add_argument("--out", default=None, help="also write the JSON report here")
+    p.add_argument("--suite", default="generator", choices=("generator", "camera"),
+                   help="generator: the generator's clean 256 px scenes; camera: one row per camera condition "
+                        "(sizes, shifts, masks, backgrounds, effects), counts 1-10 and consistency; the table goes "
+                        "to stderr, the JSON to stdout")
+    p.add_argument("--n", type=positive_int, default=None,
+                   help="scenes (generator suite; default 500) or scenes per condition (camera suite; default 40)")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--tasks", type=names_from(TASKS), default=None,
+                   help=f"comma-separated subset of {','.join(TASKS)} (generator suite)")
+    p.add_argument("--out", type=output_file, default=None, help="also write the JSON report here")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo-data", help="write synthetic scenes with masks and CompositionCap-format annotations")
-    p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--out", type=output_dir, required=True)
+    p.add_argument("--n", type=positive_int, default=100)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--size", type=int_between(64, 4096), default=256)
     p.add_argument("--split", default="eval", choices=("train", "eval"))
     p.set_defaults(func=cmd_demo_data)
 
@@ -215,8 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,11 @@ class _Tally:
 
 def evaluate(captioner: Captioner, n: int = 500, seed: int = 0, tasks=TASKS, attributes=ATTRIBUTES,
              progress: bool = True) -> dict:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a number of scenes >= 1, got {n!r:.40}")
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"tasks must name some of {', '.join(TASKS)}; got {list(tasks)!r:.80}")
     generator = SceneGenerator(split="eval", seed=seed)
     attribute_tally, dense_tally, global_tally = _Tally(), _Tally(), _Tally()
     references = {t: [] for t in TASKS}

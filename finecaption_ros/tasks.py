@@ -15,6 +15,12 @@ TASKS = (ATTRIBUTE_TASK, DENSE_TASK, GLOBAL_TASK)
 # Attributes the built-in synthetic world annotates, in the order dense captions mention them.
 ATTRIBUTES = ("category", "color", "texture", "size", "position", "relative_location")
 
+# The longest caption anyone may ask for, in tokens: bounds a decode whose model never says EOS.
+MAX_NEW_TOKENS = 512
+# The most regions one frame may hold: every region's full-size mask is held at once (a noisy label map of a large
+# frame could ask for thousands of them).
+MAX_REGIONS = 256
+
 # Every prompt ends in "answer :" so that any tokenizer (word-level or BPE) sees where the caption starts.
 _PROMPTS = {
     ATTRIBUTE_TASK: "what is the {attribute} of the region ? answer :",

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -23,43 +25,12 @@ from .data.batches import AUX_CLASSES, CompositionCapBatches, SceneBatches
 from .data.compositioncap import load_compositioncap
 from .data.scenes import world_texts
 from .model.config import FineCaptionConfig
-from .model.finecaption import FineCaptionModel, load_tokenizer
+from .model.finecaption import WEIGHTS_NAME, FineCaptionModel, load_tokenizer
 from .model.tokenizer import build_word_tokenizer
 from .tasks import ATTRIBUTE_TASK, TASKS, prompt_for
+from .train_settings import PACKAGE_CONFIGS, TrainSettings  # noqa: F401 - both were defined here before
 
 TRAINER_STATE = "trainer_state.pt"
-PACKAGE_CONFIGS = Path(__file__).parent / "configs"
-
-
-@dataclass
-class TrainSettings:
-    config: str = str(PACKAGE_CONFIGS / "tiny.json")
-    out: str = "runs/tiny"
-    steps: int = 3000
-    scenes_per_batch: int = 8
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.2  # a high floor: the probe kept learning late in the schedule
-    warmup: int = 100
-    weight_decay: float = 0.01
-    aux_weight: float = 0.5
-    checkpoint_every: int = 500
-    seed: int = 0
-    threads: int | None = None
-    workers: int = 1
-    resume: bool = False
-    mask_mode: str | None = None  # ablations override the config's
-    use_hr: bool | None = None
-    max_minutes: float | None = None
-    init_from: str | None = None  # start from this model directory's weights (fine-tuning), fresh optimizer
-    context_grid: int | None = None  # overrides of the config's fusion settings
-    context_positions: bool | None = None
-    neighbor_tokens: int | None = None
-    count_token: bool | None = None
-    p_global: float = 0.25  # share of scenes that also train the global task
-    p_dense: float = 0.3  # share of regions asked for a dense caption (the rest: one attribute)
-    relation_boost: float = 1.0  # relative_location asked this many times as often as each other attribute
-    compositioncap: str | None = None  # a CompositionCap-format annotation file: train on it instead of scenes
-    image_root: str | None = None  # where its images are (default: the annotation file's folder)
 
 
 class DistributedContext:
@@ -115,11 +86,46 @@ def _override(config: FineCaptionConfig, settings: TrainSettings) -> None:
 
 def model_from(directory: str, settings: TrainSettings):
     """Fine-tuning start: a saved model's weights under its config plus the overrides; parameters the overrides add
-    (e.g. context positions) start as the model initialises them."""
+    (e.g. context positions) start as the model initialises them. On the synthetic world, words and attribute
+    classes the saved model lacks (the world grew) are added: the vocabulary keeps its ids, the embeddings, the
+    output layer and the auxiliary heads keep their rows, and the new rows start from the mean of the old ones."""
     config = FineCaptionConfig.load(directory)
     _override(config, settings)
-    model = FineCaptionModel.from_pretrained(directory, config=config, allow_new_parameters=True)
-    return model, load_tokenizer(directory)
+    tokenizer = load_tokenizer(directory)
+    if settings.compositioncap:
+        return FineCaptionModel.from_pretrained(directory, config=config, allow_new_parameters=True), tokenizer
+    grown = build_word_tokenizer(world_texts(), keep=tokenizer.get_vocab())
+    if len(grown) == len(tokenizer) and config.aux_classes == AUX_CLASSES:
+        return FineCaptionModel.from_pretrained(directory, config=config, allow_new_parameters=True), tokenizer
+    old_classes = config.aux_classes
+    config.aux_classes = AUX_CLASSES
+    config.decoder = dict(config.decoder, vocab_size=len(grown))
+    model = FineCaptionModel(config)
+    state = load_file(str(Path(directory) / WEIGHTS_NAME))
+    fresh = model.state_dict()
+    rows_of = {}  # parameter -> (old row index for each new row, or -1)
+    for name, values in AUX_CLASSES.items():
+        before = old_classes.get(name, [])
+        rows_of[f"aux_heads.{name}"] = [before.index(v) if v in before else -1 for v in values]
+    vocab_rows = list(range(len(tokenizer))) + [-1] * (len(grown) - len(tokenizer))
+    for name, tensor in state.items():
+        if name not in fresh:
+            continue
+        target = fresh[name]
+        if target.shape == tensor.shape:
+            target.copy_(tensor)
+            continue
+        prefix = name.rsplit(".", 1)[0]
+        rows = rows_of.get(prefix, vocab_rows if target.shape[0] == len(grown) else None)
+        if rows is None or target.shape[1:] != tensor.shape[1:]:
+            raise ValueError(f"cannot grow {name} from {tuple(tensor.shape)} to {tuple(target.shape)}")
+        mean = tensor.float().mean(dim=0).to(tensor.dtype)
+        for new, old in enumerate(rows):
+            target[new] = tensor[old] if old >= 0 else mean
+    model.load_state_dict(fresh)
+    added = len(grown) - len(tokenizer)
+    print(f"grew the world: {added} new words, attribute classes {', '.join(f'{k} {len(v)}' for k, v in AUX_CLASSES.items())}")
+    return model, grown
 
 
 def learning_rate(step: int, settings: TrainSettings) -> float:
@@ -137,12 +143,42 @@ def save_checkpoint(model, tokenizer, optimizer, step: int, settings: TrainSetti
                 "settings": asdict(settings)}, out / TRAINER_STATE)
 
 
+def _refuse_overwrite(settings: TrainSettings, out: Path) -> None:
+    """`--out` already holding a model is replaced only on request: training would overwrite its weights and
+    tokenizer from step 0."""
+    if settings.overwrite or not (out / WEIGHTS_NAME).exists():
+        return
+    if settings.resume and (out / TRAINER_STATE).is_file():
+        return
+    why = f"has no {TRAINER_STATE} to resume from" if settings.resume else "already holds a model"
+    raise ValueError(f"--out {out} {why} ({WEIGHTS_NAME}); pass --overwrite to replace it, --init-from {out} to "
+                     "fine-tune it into another --out, or choose another --out")
+
+
+def _load_trainer_state(path: Path) -> dict:
+    fix = f"train without --resume (with --overwrite) to start {path.parent} again"
+    try:  # weights_only: a trainer state is tensors and plain values; nothing in it may run code on load
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's refusal names ways around weights_only: not repeated here
+        raise ValueError(f"cannot resume from {path}: not a trainer state of tensors and plain values (it is corrupt, "
+                         f"or holds Python objects, which are never unpickled); {fix}") from None
+    except Exception as err:  # noqa: BLE001 - torch reports a corrupt file as any of several types
+        reason = (str(err).splitlines() or [""])[0][:200]
+        raise ValueError(f"cannot resume from {path}: not a readable trainer state ({type(err).__name__}: "
+                         f"{reason}); {fix}") from None
+    if not isinstance(state, dict) or not {"optimizer", "step", "elapsed_s"} <= set(state):
+        raise ValueError(f"cannot resume from {path}: not a trainer state written by `finecaption train`; {fix}")
+    return state
+
+
 def train(settings: TrainSettings) -> Path:
+    settings.check()
+    out = Path(settings.out)
+    _refuse_overwrite(settings, out)
     ctx = DistributedContext()
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
-    out = Path(settings.out)
     start_step, elapsed_before = 0, 0.0
     records = None
     if settings.compositioncap:
@@ -154,7 +190,7 @@ def train(settings: TrainSettings) -> Path:
     elif settings.resume and (out / TRAINER_STATE).is_file():
         model = FineCaptionModel.from_pretrained(out).train()
         tokenizer = load_tokenizer(out)
-        state = torch.load(out / TRAINER_STATE, map_location="cpu")
+        state = _load_trainer_state(out / TRAINER_STATE)
         start_step, elapsed_before = state["step"], state["elapsed_s"]
     else:
         if settings.resume and ctx.main:
@@ -173,7 +209,9 @@ def train(settings: TrainSettings) -> Path:
     else:
         data = SceneBatches(tokenizer, settings.scenes_per_batch, model.config.hr_image_size,
                             seed=settings.seed + start_step, rank=ctx.rank, p_global=settings.p_global,
-                            p_dense=settings.p_dense, relation_boost=settings.relation_boost)
+                            p_dense=settings.p_dense, relation_boost=settings.relation_boost, style=settings.style,
+                            min_objects=settings.min_objects, max_objects=settings.max_objects,
+                            mask_noise=settings.mask_noise)
     loader = DataLoader(data, batch_size=None, num_workers=settings.workers,
                         persistent_workers=settings.workers > 0)
     if ctx.main:

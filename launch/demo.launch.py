@@ -3,26 +3,35 @@
     ros2 launch finecaption_ros demo.launch.py
     ros2 launch finecaption_ros demo.launch.py task:=attribute rate:=1.0 save_dir:=/tmp/finecaption_demo
 
-Without `ros2 launch`, scripts/run_demo.sh starts the same three nodes.
+Without `ros2 launch`, scripts/run_demo.sh starts the same three nodes. When the captioning node exits (a bad model
+path, Ctrl-C), the whole launch shuts down.
 """
-from launch.actions import DeclareLaunchArgument
+import os
+
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
+from finecaption_ros.ros_support.dds import LARGE_FRAMES_PROFILE, PROFILE_VARIABLE
+from finecaption_ros.ros_support.params import BACKENDS
+from finecaption_ros.tasks import TASKS
 from launch import LaunchDescription
 
 
 def generate_launch_description():
     arguments = [
         DeclareLaunchArgument("model", default_value="", description="model folder; empty = embedded default model"),
-        DeclareLaunchArgument("backend", default_value="torch", description="torch, onnxruntime or tensorrt"),
+        DeclareLaunchArgument("backend", default_value="torch", choices=list(BACKENDS),
+                              description="inference backend"),
         DeclareLaunchArgument("engine_dir", default_value="", description="exported engines (onnxruntime/tensorrt)"),
-        DeclareLaunchArgument("task", default_value="dense", description="attribute, dense or global"),
+        DeclareLaunchArgument("task", default_value="dense", choices=list(TASKS), description="what to caption"),
         DeclareLaunchArgument("rate", default_value="2.0", description="demo camera frames per second"),
         DeclareLaunchArgument("seed", default_value="0", description="demo scene seed"),
         DeclareLaunchArgument("save_dir", default_value="", description="folder for annotated frames (listener)"),
     ]
+    environment = SetEnvironmentVariable(PROFILE_VARIABLE, os.environ.get(PROFILE_VARIABLE) or
+                                         str(LARGE_FRAMES_PROFILE))
     source = Node(
         package="finecaption_ros",
         executable="finecaption_source",
@@ -48,6 +57,7 @@ def generate_launch_description():
             "publish_annotated": True,
         }],
         remappings=[("image", "/demo/image"), ("mask", "/demo/mask")],
+        on_exit=Shutdown(reason="finecaption_node exited"),
     )
     listener = Node(
         package="finecaption_ros",
@@ -58,4 +68,4 @@ def generate_launch_description():
         remappings=[("annotated_image", "/finecaption_node/annotated_image"),
                     ("ground_truth", "/finecaption_source/ground_truth")],
     )
-    return LaunchDescription(arguments + [source, captioner, listener])
+    return LaunchDescription(arguments + [environment, source, captioner, listener])

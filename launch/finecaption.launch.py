@@ -4,19 +4,44 @@
     ros2 launch finecaption_ros finecaption.launch.py camera:=v4l2_camera    # also start a USB camera driver
 
 The segmenter (not started here) must publish an instance label image (mono8, mono16 or 32SC1) with the same header
-stamp as the image it segmented (or within sync_slop seconds).
+stamp as the image it segmented (or within sync_slop seconds). Every process started here gets the Fast DDS profile
+for camera-sized frames (finecaption_ros/ros_support/dds.py) unless FASTDDS_DEFAULT_PROFILES_FILE is already set.
+When the captioning node exits (a bad model path, Ctrl-C), the whole launch shuts down.
 """
-from launch.actions import DeclareLaunchArgument
+import os
+
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable, Shutdown
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
+from finecaption_ros.ros_support.dds import LARGE_FRAMES_PROFILE, PROFILE_VARIABLE
+from finecaption_ros.ros_support.params import BACKENDS
+from finecaption_ros.tasks import TASKS
 from launch import LaunchDescription
+
+# Camera drivers this file can start: package -> executable.
+CAMERAS = {"v4l2_camera": "v4l2_camera_node", "usb_cam": "usb_cam_node_exe"}
 
 
 def _camera_is(name):
     return IfCondition(PythonExpression(["'", LaunchConfiguration("camera"), "' == '", name, "'"]))
+
+
+def check_camera_installed(context):
+    """Refuse, before any process starts, a camera driver whose package is not installed."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+    camera = LaunchConfiguration("camera").perform(context)
+    if camera in CAMERAS:
+        try:
+            get_package_share_directory(camera)
+        except PackageNotFoundError:
+            raise RuntimeError(f"camera:={camera} needs the ROS package {camera!r}, which is not installed: "
+                               f"install it (apt install ros-$ROS_DISTRO-{camera.replace('_', '-')}) or launch "
+                               "with camera:=none") from None
+    return []
 
 
 def generate_launch_description():
@@ -27,16 +52,31 @@ def generate_launch_description():
                               description="instance label image topic (mono8, mono16 or 32SC1; 0 = background)"),
         DeclareLaunchArgument("captions", default_value="/region_captions", description="output topic"),
         DeclareLaunchArgument("model", default_value="", description="model folder; empty = embedded default model"),
-        DeclareLaunchArgument("backend", default_value="torch", description="torch, onnxruntime or tensorrt"),
+        DeclareLaunchArgument("backend", default_value="torch", choices=list(BACKENDS),
+                              description="inference backend"),
         DeclareLaunchArgument("engine_dir", default_value="", description="exported engines (onnxruntime/tensorrt)"),
-        DeclareLaunchArgument("task", default_value="dense", description="attribute, dense or global"),
+        DeclareLaunchArgument("task", default_value="dense", choices=list(TASKS), description="what to caption"),
         DeclareLaunchArgument("sync_slop", default_value="0.0",
                               description="seconds image and mask stamps may differ"),
-        DeclareLaunchArgument("publish_annotated", default_value="false",
+        DeclareLaunchArgument("publish_annotated", default_value="false", choices=["true", "false"],
                               description="publish ~/annotated_image for RViz"),
-        DeclareLaunchArgument("camera", default_value="none",
-                              description="camera driver to start: none, v4l2_camera or usb_cam"),
+        DeclareLaunchArgument("camera", default_value="none", choices=["none", *CAMERAS],
+                              description="camera driver to start"),
         DeclareLaunchArgument("video_device", default_value="/dev/video0", description="camera device"),
+    ]
+    environment = SetEnvironmentVariable(PROFILE_VARIABLE, os.environ.get(PROFILE_VARIABLE) or
+                                         str(LARGE_FRAMES_PROFILE))
+    cameras = [
+        Node(
+            package=package,
+            executable=executable,
+            name="camera",
+            output="screen",
+            parameters=[{"video_device": LaunchConfiguration("video_device")}],
+            remappings=[("image_raw", LaunchConfiguration("image"))],
+            condition=_camera_is(package),
+        )
+        for package, executable in CAMERAS.items()
     ]
     captioner = Node(
         package="finecaption_ros",
@@ -56,23 +96,7 @@ def generate_launch_description():
             ("mask", LaunchConfiguration("mask")),
             ("region_captions", LaunchConfiguration("captions")),
         ],
+        on_exit=Shutdown(reason="finecaption_node exited"),
     )
-    v4l2_camera = Node(
-        package="v4l2_camera",
-        executable="v4l2_camera_node",
-        name="camera",
-        output="screen",
-        parameters=[{"video_device": LaunchConfiguration("video_device")}],
-        remappings=[("image_raw", LaunchConfiguration("image"))],
-        condition=_camera_is("v4l2_camera"),
-    )
-    usb_cam = Node(
-        package="usb_cam",
-        executable="usb_cam_node_exe",
-        name="camera",
-        output="screen",
-        parameters=[{"video_device": LaunchConfiguration("video_device")}],
-        remappings=[("image_raw", LaunchConfiguration("image"))],
-        condition=_camera_is("usb_cam"),
-    )
-    return LaunchDescription(arguments + [captioner, v4l2_camera, usb_cam])
+    return LaunchDescription(arguments + [environment, OpaqueFunction(function=check_camera_installed)] + cameras +
+                             [captioner])

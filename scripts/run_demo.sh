@@ -34,6 +34,8 @@ TIMEOUT="$(float "$TIMEOUT")" RATE="$(float "$RATE")"
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_DOMAIN_ID="${FINECAPTION_DEMO_DOMAIN_ID:-$(( 1 + $$ % 230 ))}"
 export PYTHONUNBUFFERED=1 RCUTILS_COLORIZED_OUTPUT=0
+# Camera-sized frames need a larger Fast DDS shared-memory segment (finecaption_ros/ros_support/dds.py).
+export FASTDDS_DEFAULT_PROFILES_FILE="${FASTDDS_DEFAULT_PROFILES_FILE:-$ROOT/finecaption_ros/ros_support/fastdds_large_frames.xml}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 rm -f "$OUT"/annotated_*.png

@@ -203,3 +203,127 @@ def test_iter_converts_to_rgb_and_checks_sizes(tmp_path):
     missing = [{"image": "nope.png", "global_caption": "x"}]
     with pytest.raises(FileNotFoundError, match="check image_root"):
         list(iter_training_samples(load_compositioncap(_write(tmp_path, missing, "m.json"), tmp_path)))
+
+
+# ---- untrusted files: paths, encodings, bombs, base64 -----------------------------------------------------------
+@pytest.mark.parametrize("name", ["../outside/secret.png", "sub/../../secret.png", "/etc/hostname",
+                                  "../../etc/hostname"])
+def test_image_paths_stay_inside_the_image_root(tmp_path, name):
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "outside").mkdir()
+    _write_image(tmp_path / "outside" / "secret.png", (1, 2, 3))  # it exists: refused for its path, not absence
+    records = [{"image": name, "global_caption": "x"}]
+    with pytest.raises(CompositionCapFormatError, match=r"record 0: image path .* must be relative to the image "
+                                                        r"root, without '\.\.'"):
+        load_compositioncap(_write(tmp_path, records), root, check_images=False)
+
+
+def test_non_image_files_are_one_format_error(tmp_path):
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "empty.png").write_bytes(b"")
+    for name in ("notes.png", "empty.png"):
+        with pytest.raises(CompositionCapFormatError, match=rf"record 0: .*{name} is not an image that can be read"):
+            load_compositioncap(_write(tmp_path, [{"image": name, "global_caption": "x"}]), tmp_path)
+    # and the same when the load-time check is skipped and the image is first read for training
+    records = load_compositioncap(_write(tmp_path, [{"image": "notes.png", "global_caption": "x"}]), tmp_path,
+                                  check_images=False)
+    with pytest.raises(CompositionCapFormatError, match="notes.png is not an image"):
+        list(iter_training_samples(records))
+
+
+def test_mask_size_is_checked_against_the_image_at_load(dataset, tmp_path):
+    _, images, _ = dataset
+    records = [{"image": "a.png", "height": H // 2, "width": W // 2,
+                "regions": [{"mask": encode_mask(np.ones((H // 2, W // 2), bool)), "dense_caption": "x"}]}]
+    with pytest.raises(CompositionCapFormatError, match=r"record 0, region 0: mask is 6x8 but image .* is 12x16"):
+        load_compositioncap(_write(tmp_path, records), images)
+
+
+def test_non_utf8_annotations_and_missing_files(tmp_path):
+    latin1 = tmp_path / "latin1.json"
+    text = json.dumps([{"image": "x.png", "global_caption": "caf\u00e9"}], ensure_ascii=False)
+    latin1.write_bytes(text.encode("latin-1"))
+    with pytest.raises(CompositionCapFormatError, match=r"latin1.json is not UTF-8 text \(byte 0xe9 at offset"):
+        load_compositioncap(latin1, tmp_path)
+    with pytest.raises(FileNotFoundError, match="annotation file .*nope.json does not exist"):
+        load_compositioncap(tmp_path / "nope.json", tmp_path)
+    with pytest.raises(FileNotFoundError, match="is not a file"):
+        load_compositioncap(tmp_path, tmp_path)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CompositionCapFormatError, match="nested too deeply"):
+        load_compositioncap(deep, tmp_path)
+
+
+def test_gzip_bomb_is_refused_without_inflating_it():
+    import base64
+    import gzip
+    import tracemalloc
+
+    bomb = base64.b64encode(gzip.compress(b"\x01" * (256 << 20), compresslevel=9)).decode()
+    assert len(bomb) < 1 << 20  # about 350 KB of base64 that inflates to 256 MiB
+    tracemalloc.start()
+    try:
+        with pytest.raises(CompositionCapFormatError, match=r"mask has more than 192 bytes but height x width"):
+            decode_mask(bomb, H, W)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20  # the base64 and its bytes, nothing near the 256 MiB it would inflate to
+
+    npy_bomb = base64.b64encode(gzip.compress(_npy_bytes(np.ones((H, W), np.uint8)) + b"\0" * (64 << 20))).decode()
+    with pytest.raises(CompositionCapFormatError, match="holds more data than its header declares"):
+        decode_mask(npy_bomb)
+    huge_claim = encode_mask(np.ones((1, 1), bool))
+    with pytest.raises(CompositionCapFormatError, match="more than the 67108864 this loader accepts"):
+        decode_mask(huge_claim, 100_000, 100_000)
+    huge_npy = base64.b64encode(gzip.compress(_npy_header((100_000, 100_000)))).decode()
+    with pytest.raises(CompositionCapFormatError, match="more than the 67108864 this loader accepts"):
+        decode_mask(huge_npy)
+
+
+def _npy_bytes(array) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def _npy_header(shape) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("text,message", [
+    ("!!!!", "not valid base64"),
+    ("", "empty string, not base64"),
+    ("   ", "empty string, not base64"),
+    ("ab\u00e9c", "not valid base64"),
+    ("aGVsbG8=", "not gzip data"),
+])
+def test_invalid_base64_is_named_as_such(text, message):
+    with pytest.raises(CompositionCapFormatError, match=message):
+        decode_mask(text, H, W)
+
+
+def test_corrupt_gzip_and_npy_payloads():
+    import base64
+    import gzip
+
+    whole = gzip.compress(np.ones((H, W), np.uint8).tobytes())
+    with pytest.raises(CompositionCapFormatError, match="truncated"):
+        decode_mask(base64.b64encode(whole[: len(whole) // 2]).decode(), H, W)
+    pickled = base64.b64encode(gzip.compress(_npy_bytes(np.array([[{"a": 1}]], dtype=object)))).decode()
+    with pytest.raises(CompositionCapFormatError, match="holds object values"):
+        decode_mask(pickled)
+    three_d = base64.b64encode(gzip.compress(_npy_bytes(np.ones((2, H, W), np.uint8)))).decode()
+    with pytest.raises(CompositionCapFormatError, match="expected a 2-D HxW array"):
+        decode_mask(three_d)
+    # base64 wrapped over lines, as some writers do, still decodes
+    wrapped = "\n".join(encode_mask(_mask(0, 0))[i:i + 8] for i in range(0, len(encode_mask(_mask(0, 0))), 8))
+    assert np.array_equal(decode_mask(wrapped, H, W), _mask(0, 0))

@@ -50,7 +50,10 @@ def test_ablation_variants_build_and_run():
     masks = torch.zeros(2, 1, 256, 256)
     masks[0, :, 10:60, 20:80] = 1
     masks[1, :, 100:200, 100:140] = 1
-    boxes = torch.tensor([[20 / 256, 10 / 256, 80 / 256, 60 / 256], [100 / 256, 100 / 256, 140 / 256, 200 / 256]])
+    from finecaption_ros.model.inputs import box_geometry
+
+    boxes = box_geometry(torch.tensor([[20 / 256, 10 / 256, 80 / 256, 60 / 256],
+                                       [100 / 256, 100 / 256, 140 / 256, 200 / 256]]))
     tokens = []
     for mask_mode, use_hr in (("mask", True), ("box", True), ("none", True), ("mask", False)):
         # as `make ablations` builds them: FineCaption's own architecture, no scene-context tokens
@@ -71,7 +74,9 @@ def test_box_mode_replaces_the_mask_by_its_box():
     mask = torch.zeros(1, 1, 16, 16)
     mask[0, 0, 4, 4:12] = 1  # a line: its box is 8 wide, 1 high
     mask[0, 0, 4:12, 4] = 1
-    boxes = torch.tensor([[4 / 16, 4 / 16, 12 / 16, 12 / 16]])
+    from finecaption_ros.model.inputs import box_geometry
+
+    boxes = box_geometry(torch.tensor([[4 / 16, 4 / 16, 12 / 16, 12 / 16]]))
     filled, _ = model.apply_mask_mode(mask, boxes)
     assert filled.sum() == 64 and filled[0, 0, 4:12, 4:12].all()
 
@@ -105,11 +110,12 @@ def test_sam_encoder_joins_the_high_res_features_when_configured():
 
 
 def test_area_coverage_equals_torch_area_resize_of_every_mask():
-    """The captioner's mask coverage skips everything outside each region's box; it must stay an exact area resize."""
+    """The captioner's mask coverage skips everything outside each region's box; it must stay an exact area resize
+    (into the letterboxed view)."""
     import numpy as np
     import torch.nn.functional as F
 
-    from finecaption_ros.model.inputs import area_coverage, mask_boxes
+    from finecaption_ros.model.inputs import Letterbox, area_coverage, mask_boxes
 
     rng = np.random.default_rng(0)
     for height, width in [(480, 640), (100, 37), (7, 300), (255, 257)]:
@@ -120,6 +126,10 @@ def test_area_coverage_equals_torch_area_resize_of_every_mask():
         masks[1, -1, -1] = True  # one pixel in the corner
         masks[2] = False  # empty
         for side in (256, 64):
-            expected = F.interpolate(torch.from_numpy(masks).unsqueeze(1).float(), size=(side, side), mode="area")
+            # the letterboxed view: an area resize to the content size, centred in zeros
+            (ch, cw), (top, left) = Letterbox(height, width, side).content, Letterbox(height, width, side).offset
+            expected = torch.zeros(4, 1, side, side)
+            expected[..., top:top + ch, left:left + cw] = F.interpolate(
+                torch.from_numpy(masks).unsqueeze(1).float(), size=(ch, cw), mode="area")
             got = area_coverage(masks, mask_boxes(masks), side)
             assert (expected[:, 0] - got).abs().max() < 1e-5

@@ -2,12 +2,13 @@
 import numpy as np
 import torch
 
+from finecaption_ros.model.inputs import box_geometry
 from finecaption_ros.model.scene_context import NeighborTokens, ObjectCounter, density_targets, offset_features
 
 
 def _boxes(centres, half=0.02):
     c = torch.tensor(centres, dtype=torch.float32)
-    return torch.cat([c - half, c + half], dim=1)
+    return box_geometry(torch.cat([c - half, c + half], dim=1))
 
 
 def _neighbours(count=2):

@@ -47,7 +47,7 @@ def test_resume_continues_from_the_saved_step(tmp_path):
     train(small(out, steps=2))
     before = FineCaptionModel.from_pretrained(out).state_dict()
     train(small(out, steps=4, resume=True))
-    state = torch.load(out / TRAINER_STATE, map_location="cpu")
+    state = torch.load(out / TRAINER_STATE, map_location="cpu", weights_only=True)
     assert state["step"] == 4
     after = FineCaptionModel.from_pretrained(out).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
@@ -92,7 +92,7 @@ def test_training_on_compositioncap_format_data(tmp_path):
 
 
 def test_fine_tuning_starts_from_a_saved_model_and_new_context_positions_start_neutral(tmp_path, random_model_dir):
-    from finecaption_ros.model.inputs import normalise_frames
+    from finecaption_ros.model.inputs import box_geometry, normalise_frames
 
     base = FineCaptionModel.from_pretrained(random_model_dir)
     settings = small(tmp_path / "ft", init_from=str(random_model_dir), context_positions=True)
@@ -103,7 +103,7 @@ def test_fine_tuning_starts_from_a_saved_model_and_new_context_positions_start_n
     images = torch.randint(0, 255, (1, 256, 256, 3), dtype=torch.uint8)
     masks = torch.zeros(1, 1, 256, 256)
     masks[..., 40:90, 60:120] = 1
-    boxes = torch.tensor([[60 / 256, 40 / 256, 120 / 256, 90 / 256]])
+    boxes = box_geometry(torch.tensor([[60 / 256, 40 / 256, 120 / 256, 90 / 256]]))
     c = base.config
     hr = normalise_frames(images, c.hr_image_size, c.image_mean, c.image_std)
     lr = normalise_frames(images, c.lr_image_size, c.image_mean, c.image_std)

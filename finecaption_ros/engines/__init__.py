@@ -7,13 +7,14 @@ imported only when their backend is asked for.
 
 `engine_dir` is the ONNX export directory (see `export.default_engine_dir` for the default). When it holds no
 export of the model it is exported on the fly (logged; pass `export_if_missing=False` to get an error instead).
-TensorRT plans live under `<engine_dir>/tensorrt/<TensorRT version>_<GPU>_sm<CC>_<precision>/`.
+TensorRT plans live under `<engine_dir>/tensorrt/<TensorRT version>_<GPU>_sm<CC>_<precision>/`, built from the
+export's graphs of that precision (fp16 ones in `<engine_dir>/fp16/` beside fp32 graphs, exported on first use).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from .manifest import (BackendUnavailableError, EngineError, OnnxExportMissingError, PlanLoadError,
+from .manifest import (BackendUnavailableError, EngineError, OnnxExportMissingError, PlanBuildError, PlanLoadError,
                        PlanMismatchError)
 
 ENGINE_BACKENDS = ("onnxruntime", "tensorrt")
@@ -22,7 +23,7 @@ TRT_OPTIONS = frozenset({"precision", "on_mismatch", "plan_dir", "max_regions", 
                          "max_new_tokens", "max_frames", "workspace_mib", "timing_cache", "device", "progress"})
 
 __all__ = ["load_backend", "ENGINE_BACKENDS", "EngineError", "BackendUnavailableError", "OnnxExportMissingError",
-           "PlanMismatchError", "PlanLoadError"]
+           "PlanMismatchError", "PlanLoadError", "PlanBuildError"]
 
 
 def load_backend(name: str, model_dir: str | Path, engine_dir: str | Path | None = None, **options):
@@ -56,6 +57,6 @@ def load_backend(name: str, model_dir: str | Path, engine_dir: str | Path | None
         check_tensorrt_available()  # missing tensorrt / CUDA torch / GPU: a clear error before any export work
         from .export import ensure_onnx
 
-        onnx_dir = ensure_onnx(model_dir, engine_dir, export_if_missing)
+        onnx_dir = ensure_onnx(model_dir, engine_dir, export_if_missing, options.get("precision", "fp16"))
         return TensorRTBackend.load(onnx_dir, **options)
     raise ValueError(f"unknown engine backend {name!r}; choose one of {', '.join(ENGINE_BACKENDS)} (or torch)")

@@ -1,6 +1,6 @@
-"""`finecaption export-onnx` and `finecaption build-engine`.
+"""`finecaption export-onnx`, `finecaption build-engine` and `finecaption plan-memory`.
 
-`register(subparsers)` adds both subcommands to the `finecaption` CLI; each sets `func` (args -> exit code) as its
+`register(subparsers)` adds the subcommands to the `finecaption` CLI; each sets `func` (args -> exit code) as its
 parser default. `python -m finecaption_ros.engines.cli ...` runs them standalone.
 """
 from __future__ import annotations
@@ -10,7 +10,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from .manifest import EngineError, PlanLimits
+from ..cli_args import output_dir
+from .manifest import PRECISIONS, EngineError, PlanLimits
 
 _LIMIT_HELP = {
     "max_regions": "regions per call (the region encoder runs more in chunks; models with neighbour tokens need "
@@ -23,7 +24,7 @@ _LIMIT_HELP = {
 
 
 def _default_model() -> Path:
-    from ..captioner import DEFAULT_MODEL_DIR
+    from ..model.finecaption import DEFAULT_MODEL_DIR
 
     return DEFAULT_MODEL_DIR
 
@@ -34,11 +35,18 @@ def register(subparsers) -> None:
         description="Exports the model's graphs (opset >= 17) with its config, tokenizer and a manifest, then "
                     "checks them against torch with ONNX Runtime.")
     export.add_argument("--model", type=Path, default=None, help="model directory (default: the packaged model)")
-    export.add_argument("--out", type=Path, default=None,
+    export.add_argument("--out", type=output_dir, default=None,
                         help="output directory (default: <model>/onnx if it holds this model's export, else "
                              "~/.cache/finecaption/engines/<model>-<digest>, where --backend onnxruntime looks)")
     export.add_argument("--opset", type=int, default=17,
                         help="ONNX opset, 17..19 (20 turns GELU into a Gelu op that TensorRT 10.0 lacks)")
+    export.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (default), or fp16: fp16 weights and compute with the norm statistics, softmaxes "
+                             "and logits in fp32, what fp16 TensorRT plans are built from (the default --out is "
+                             "then the fp32 export dir's fp16/ subdirectory, where build-engine looks)")
+    export.add_argument("--external-data", action="store_true",
+                        help="write every graph's weights as ONNX external data (<graph>.onnx.data; the decoder "
+                             "graphs share decoder.onnx.data), as is done anyway for graphs near ONNX's 2 GiB limit")
     export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs torch check")
     export.set_defaults(func=run_export)
 
@@ -52,7 +60,9 @@ def register(subparsers) -> None:
                        help="ONNX export directory (default: the packaged model's default export dir)")
     build.add_argument("--model", type=Path, default=None,
                        help="model directory, exported first when --onnx holds no export of it")
-    build.add_argument("--precision", choices=("fp16", "fp32"), default="fp16")
+    build.add_argument("--precision", choices=PRECISIONS, default="fp16",
+                       help="fp16 (default) plans are built from the export's fp16 graphs (<onnx>/fp16/, exported "
+                            "there first when --model is given or implied), fp32 plans from its fp32 graphs")
     defaults = PlanLimits()
     for name, text in _LIMIT_HELP.items():
         build.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name),
@@ -60,7 +70,7 @@ def register(subparsers) -> None:
     build.add_argument("--workspace", type=int, default=4096, help="builder workspace in MiB (default 4096)")
     build.add_argument("--timing-cache", type=Path, default=None,
                        help="timing cache file, read and updated (default <onnx>/tensorrt/timing.cache)")
-    build.add_argument("--out", type=Path, default=None,
+    build.add_argument("--out", type=output_dir, default=None,
                        help="plan directory (default <onnx>/tensorrt/<trt version>_<gpu>_sm<cc>_<precision>, where "
                             "the backend looks)")
     build.add_argument("--device", type=int, default=0, help="CUDA device index")
@@ -70,6 +80,21 @@ def register(subparsers) -> None:
                        help="write the manifest for plans already built with the printed trtexec commands")
     build.set_defaults(func=run_build)
 
+    plan = subparsers.add_parser(
+        "plan-memory", help="weights + KV cache + activations per graph, and which Jetson modules hold them",
+        description="Counts each graph's parameters on the meta device (nothing is allocated), adds the KV cache for "
+                    "the regions and tokens asked for and an estimate of the largest activations, and says which "
+                    "Jetson Orin modules can hold it all.")
+    plan.add_argument("--config", type=Path, default=None,
+                      help="a FineCaption config JSON or a model directory (default: the packaged model)")
+    plan.add_argument("--regions", type=int, default=16, help="regions captioned together (default 16)")
+    plan.add_argument("--attributes", type=int, default=1, help="attributes asked per region (default 1)")
+    plan.add_argument("--max-new-tokens", type=int, default=PlanLimits().max_new_tokens)
+    plan.add_argument("--prompt", type=int, default=PlanLimits().max_prompt, help="prompt tokens (default 32)")
+    plan.add_argument("--precision", choices=("fp32", "fp16", "int8", "int4"), default="fp16",
+                      help="weights; int8 / int4 are weight-only for the decoder's linear layers")
+    plan.set_defaults(func=run_plan_memory)
+
 
 def _say(message: str) -> None:
     print(message, flush=True)
@@ -77,11 +102,13 @@ def _say(message: str) -> None:
 
 def run_export(args) -> int:
     from .export import default_engine_dir, export_onnx
+    from .manifest import graphs_dir
 
     model = args.model or _default_model()
     try:
-        out = args.out or default_engine_dir(model)
-        manifest = export_onnx(model, out, opset=args.opset, verify=not args.no_verify, progress=_say)
+        out = args.out or graphs_dir(default_engine_dir(model), args.precision)
+        manifest = export_onnx(model, out, opset=args.opset, verify=not args.no_verify, progress=_say,
+                               precision=args.precision, external_data=True if args.external_data else None)
     except (FileNotFoundError, ValueError, NotImplementedError, RuntimeError) as error:
         print(f"export-onnx: {error}", file=sys.stderr)
         return 1
@@ -90,8 +117,21 @@ def run_export(args) -> int:
     for name, graph in manifest["graphs"].items():
         error = f"{errors[name]:.2e}" if name in errors else "-"
         print(f"{name:<18}{graph['bytes'] / 2**20:>8.2f}{graph['export_seconds']:>10.2f}{error:>22}")
-    print(f"\n{out}  (model {manifest['model']['name']} {manifest['model']['digest'][:12]}, opset "
-          f"{manifest['opset']}, {manifest['export_seconds']:.1f} s)")
+    print(f"{'all files':<18}{manifest['bytes'] / 2**20:>8.2f}   (weights shared between graphs counted once)")
+    print(f"\n{out}  (model {manifest['model']['name']} {manifest['model']['digest'][:12]}, {args.precision}, "
+          f"opset {manifest['opset']}, {manifest['export_seconds']:.1f} s)")
+    return 0
+
+
+def run_plan_memory(args) -> int:
+    from .memory import load_config, report
+
+    try:
+        config = load_config(args.config or _default_model())
+        print(report(config, args.regions, args.max_new_tokens, args.precision, args.prompt, args.attributes))
+    except (FileNotFoundError, ValueError) as error:
+        print(f"plan-memory: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -106,9 +146,9 @@ def run_build(args) -> int:
     try:
         if args.onnx is None:
             model = args.model or _default_model()
-            onnx_dir = ensure_onnx(model, default_engine_dir(model))
+            onnx_dir = ensure_onnx(model, default_engine_dir(model), precision=args.precision)
         elif args.model is not None:
-            onnx_dir = ensure_onnx(args.model, args.onnx)
+            onnx_dir = ensure_onnx(args.model, args.onnx, precision=args.precision)
         else:
             onnx_dir = args.onnx
         limits = _limits(args)

@@ -25,8 +25,8 @@ import torch
 from ..model.config import FineCaptionConfig
 from ..model.finecaption import FineCaptionModel, load_tokenizer, weights_digest
 from . import graphs as G
-from .manifest import (EXPORTER_VERSION, MANIFEST_NAME, ONNX_FORMAT, OnnxExportMissingError, graph_sha256,
-                       read_onnx_manifest, write_json)
+from .manifest import (EXPORTER_VERSION, MANIFEST_NAME, ONNX_FORMAT, PRECISIONS, OnnxExportMissingError,
+                       graph_sha256, graphs_dir, read_onnx_manifest, write_json)
 from .trt_ops import graph_problems
 
 log = logging.getLogger("finecaption.engines")
@@ -62,30 +62,43 @@ def _export_matches(onnx_dir: Path, digest: str) -> bool:
     return manifest.get("model", {}).get("digest") == digest and manifest.get("exporter_version") == EXPORTER_VERSION
 
 
-def ensure_onnx(model_dir: str | Path, engine_dir: str | Path | None = None, export_if_missing: bool = True) -> Path:
+def ensure_onnx(model_dir: str | Path, engine_dir: str | Path | None = None, export_if_missing: bool = True,
+                precision: str | None = None) -> Path:
     """The ONNX dir to run `model_dir` from, exporting into it first when it holds no export of this model.
 
-    An explicit `engine_dir` that holds an export of a *different* model (or an older exporter) is never
-    overwritten: that raises, naming the fix.
+    `precision` None takes the export there as it is (fp32 when it is made here); "fp16" / "fp32" also make sure
+    graphs of that precision exist (`graphs_dir`: the dir itself or its `<precision>/` subdirectory), exporting
+    them when missing. An explicit `engine_dir` that holds an export of a *different* model (or an older exporter)
+    is never overwritten: that raises, naming the fix.
     """
     model_dir = Path(model_dir)
     digest = weights_digest(model_dir)
     onnx_dir = Path(engine_dir) if engine_dir is not None else default_engine_dir(model_dir, digest)
-    if _export_matches(onnx_dir, digest):
+    explicit = engine_dir is not None
+    if precision is not None and _export_matches(graphs_dir(onnx_dir, precision), digest):
         return onnx_dir
+    if not _export_matches(onnx_dir, digest):  # nothing of this model here yet: the precision asked for
+        _export_into(model_dir, onnx_dir, digest, explicit, export_if_missing, precision or "fp32")
+    if precision is not None and not _export_matches(graphs_dir(onnx_dir, precision), digest):
+        _export_into(model_dir, graphs_dir(onnx_dir, precision), digest, explicit, export_if_missing, precision)
+    return onnx_dir
+
+
+def _export_into(model_dir: Path, onnx_dir: Path, digest: str, explicit: bool, export_if_missing: bool,
+                 precision: str) -> None:
     holds_other = (onnx_dir / MANIFEST_NAME).is_file()
-    if holds_other and engine_dir is not None:
+    command = f"finecaption export-onnx --model {model_dir} --out {onnx_dir}" + (
+        f" --precision {precision}" if precision != "fp32" else "")
+    if holds_other and explicit:
         raise OnnxExportMissingError(
             f"{onnx_dir} holds an ONNX export of another model or exporter version (this model's weights are "
-            f"{digest[:12]}); re-export with `finecaption export-onnx --model {model_dir} --out {onnx_dir}` or "
-            f"pass another --engine-dir")
+            f"{digest[:12]}); re-export with `{command}` or pass another --engine-dir")
     if not export_if_missing:
-        raise OnnxExportMissingError(f"no ONNX export of {model_dir} in {onnx_dir}; create it with "
-                                     f"`finecaption export-onnx --model {model_dir} --out {onnx_dir}`")
-    log.warning("no ONNX export of %s in %s: exporting now (once; `finecaption export-onnx` does it ahead of time)",
-                model_dir, onnx_dir)
-    export_onnx(model_dir, onnx_dir)
-    return onnx_dir
+        raise OnnxExportMissingError(f"no {precision} ONNX export of {model_dir} in {onnx_dir}; create it with "
+                                     f"`{command}`")
+    log.warning("no %s ONNX export of %s in %s: exporting now (once; `%s` does it ahead of time)", precision,
+                model_dir, onnx_dir, command)
+    export_onnx(model_dir, onnx_dir, precision=precision)
 
 
 # ---- export -----------------------------------------------------------------------------------------------------
@@ -98,7 +111,9 @@ def example_inputs(model: FineCaptionModel, frames: int = 2, regions: int = 3, p
     lr = torch.randn(frames, 3, s, s, generator=generator)
     masks = (torch.rand(regions, 1, S, S, generator=generator) > 0.6).float()
     corners = torch.rand(regions, 2, generator=generator) * 0.5
-    boxes = torch.cat([corners, corners + 0.2 + torch.rand(regions, 2, generator=generator) * 0.3], dim=1)
+    far = corners + 0.2 + torch.rand(regions, 2, generator=generator) * 0.3
+    content = torch.tensor([[1.0, 0.75]]).expand(regions, 2)  # region geometry (model/inputs.py) of a 4:3 frame
+    boxes = torch.cat([corners, far, (corners + far) / 2, content], dim=1)
     frame_index = torch.arange(regions) % frames
     vocab = model.decoder.config.vocab_size
     prompt_ids = torch.randint(4, vocab, (regions, prompt), generator=generator)
@@ -213,12 +228,24 @@ def _value_infos(values) -> list[dict]:
 
 
 def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET, verify: bool = True,
-                progress=None) -> dict:
-    """Exports `model_dir` into `out_dir`; returns the manifest (also written as `out_dir/manifest.json`)."""
+                progress=None, precision: str = "fp32", external_data: bool | None = None) -> dict:
+    """Exports `model_dir` into `out_dir`; returns the manifest (also written as `out_dir/manifest.json`).
+
+    `precision="fp16"` writes graphs whose weights and compute are fp16 (float inputs and outputs too, but the
+    logits), with the LayerNorm/RMSNorm statistics, the softmaxes, the rotary angles and the logits computed in fp32
+    by explicit casts in the graph: what a strongly typed TensorRT network compiles as written. The parity check
+    still compares with the fp32 torch model.
+
+    `external_data`: None (default) keeps a graph's weights in its .onnx file unless they come near ONNX's 2 GiB
+    protobuf limit; True always writes them as external data (what CI forces on the small model); False never.
+    External data goes into one file per graph (`<graph>.onnx.data`), except that the two decoder graphs share
+    `decoder.onnx.data`: a tensor whose bytes are already in the file is referenced, not written again."""
     import onnx
 
     if opset < 17:
         raise ValueError(f"opset {opset} < 17: LayerNormalization needs opset 17")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     say = progress or (lambda message: log.info("%s", message))
     started = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -229,26 +256,37 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT
     inputs = example_inputs(model)
     refs = _torch_reference(model, inputs)
     specs = graph_specs(model)
-    graphs = {}
+    if precision == "fp16":
+        _to_half(model)
+    graphs, stored = {}, {}
+    for stale in out_dir.glob("*.onnx.data"):  # offsets into an old data file would be wrong
+        stale.unlink()
     for name, (input_names, output_names, axes) in specs.items():
         path = out_dir / f"{name}.onnx"
         say(f"exporting {name} -> {path}")
-        args, _ = refs[name]
+        args = tuple(a.half() if precision == "fp16" and a.is_floating_point() else a for a in refs[name][0])
         graph_started = time.perf_counter()
-        with warnings.catch_warnings(), torch.no_grad(), _static_resize_sizes():
+        with warnings.catch_warnings(), torch.no_grad(), _static_resize_sizes(), _fp32_statistics(precision):
             warnings.simplefilter("ignore")
             torch.onnx.export(_graph_module(name, model), args, str(path), dynamo=False, opset_version=opset,
                               input_names=input_names, output_names=output_names, dynamic_axes=axes,
                               do_constant_folding=True)
         _pin_static_output_dims(path, output_names, refs[name][1], axes)
         onnx.shape_inference.infer_shapes_path(str(path), str(path))
+        data = _externalize(path, DECODER_DATA if name in (G.DECODER_PREFILL, G.DECODER_STEP) else None,
+                            external_data, stored)
         graph = onnx.load(str(path), load_external_data=False).graph
-        graphs[name] = {"file": path.name, "sha256": graph_sha256(path), "bytes": _graph_bytes(path),
-                        "export_seconds": round(time.perf_counter() - graph_started, 2),
+        graphs[name] = {"file": path.name, "export_seconds": round(time.perf_counter() - graph_started, 2),
                         "inputs": _value_infos(graph.input), "outputs": _value_infos(graph.output)}
+        if data:
+            graphs[name]["data"] = data
         problems = graph_problems(path)
         if problems:
             raise RuntimeError(f"{path} is not TensorRT-compatible: " + "; ".join(problems[:8]))
+    for graph in graphs.values():  # after every graph: the decoder graphs append to one shared data file
+        path, data = out_dir / graph["file"], graph.get("data", [])
+        graph["sha256"] = graph_sha256(path, data)
+        graph["bytes"] = path.stat().st_size + sum((out_dir / f).stat().st_size for f in data)
     FineCaptionConfig.save(model.config, out_dir)
     tokenizer.save_pretrained(str(out_dir))
     decoder_config = model.decoder.config
@@ -258,6 +296,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT
         "exporter_version": EXPORTER_VERSION,
         "model": {"name": model.config.name, "digest": weights_digest(model_dir), "source": str(model_dir)},
         "opset": opset,
+        "precision": precision,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
         "num_visual_tokens": int(refs[G.DECODER_PREFILL][0][0].shape[1]),
         "hidden_size": int(decoder_config.hidden_size),
@@ -269,6 +308,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT
         "hr_image_size": model.config.hr_image_size,
         "lr_image_size": model.config.lr_image_size,
         "use_hr": model.hr_encoder is not None,
+        "bytes": sum((out_dir / f).stat().st_size for f in {f for g in graphs.values()
+                                                            for f in [g["file"]] + g.get("data", [])}),
         "eos_id": tokenizer.eos_token_id,
         "pad_id": tokenizer.pad_token_id,
         "graphs": graphs,
@@ -280,6 +321,39 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT
     write_json(out_dir / MANIFEST_NAME, manifest)
     say(f"exported {model.config.name} to {out_dir} in {manifest['export_seconds']:.1f} s")
     return manifest
+
+
+def _to_half(model: FineCaptionModel) -> None:
+    """fp16 weights, but the rotary inverse frequencies: positions times fp16 frequencies would be off by whole
+    radians at a few hundred tokens (the rotary module computes its angles in fp32 from this buffer)."""
+    rotary = model.decoder.model.rotary_emb
+    inv_freq = rotary.inv_freq.float().clone()
+    model.half()
+    rotary.inv_freq = inv_freq
+    if hasattr(rotary, "original_inv_freq"):
+        rotary.original_inv_freq = inv_freq
+
+
+@contextlib.contextmanager
+def _fp32_statistics(precision: str):
+    """While tracing an fp16 export, every LayerNorm computes its mean and variance in fp32 (explicit Casts around
+    it in the graph): fp16 sums of squares overflow on large activations. The decoder's RMSNorms, the attention
+    softmaxes and the rotary angles already cast to fp32 in the model's own code."""
+    functional = torch.nn.functional
+    original = functional.layer_norm
+
+    def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+        if input.dtype != torch.float16:
+            return original(input, normalized_shape, weight, bias, eps)
+        as_float = (lambda t: t.float() if t is not None else None)
+        return original(input.float(), normalized_shape, as_float(weight), as_float(bias), eps).to(input.dtype)
+
+    if precision == "fp16":
+        functional.layer_norm = layer_norm
+    try:
+        yield
+    finally:
+        functional.layer_norm = original
 
 
 @contextlib.contextmanager
@@ -321,21 +395,67 @@ def _pin_static_output_dims(path: Path, output_names: list[str], outputs, axes: 
         onnx.save(model, str(path))
 
 
-def _graph_bytes(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+# ONNX's protobuf limit is 2 GiB per file; graphs whose weights come near it keep them outside.
+EXTERNAL_DATA_FROM = 1 << 30
+DECODER_DATA = "decoder.onnx.data"
+_ALIGN = 4096  # data offsets on page boundaries, so runtimes may map the file
+
+
+def _externalize(path: Path, shared: str | None, external_data: bool | None, stored: dict) -> list[str]:
+    """Moves the graph's weights into external data when asked or needed; returns the data files it uses.
+
+    The TorchScript exporter itself writes graphs over 2 GiB with one external file per tensor; those are gathered
+    into the graph's data file (`shared` for the decoder graphs). `stored` maps (data file, tensor bytes digest) to
+    where those bytes already are, across graphs."""
+    import hashlib
+
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, set_external_data, uses_external_data
+
+    header = onnx.load(str(path), load_external_data=False)
+    scattered = sorted({ExternalDataInfo(t).location for t in header.graph.initializer if uses_external_data(t)})
+    weight_bytes = sum(t.ByteSize() for t in header.graph.initializer)
+    if external_data is False and scattered:
+        raise ValueError(f"{path.name} needs external data (its weights exceed 2 GiB); export without "
+                         f"--no-external-data")
+    if not scattered and not external_data and (external_data is False or weight_bytes < EXTERNAL_DATA_FROM):
+        return []
+    model = onnx.load(str(path)) if scattered else header
+    location = shared or f"{path.name}.data"
+    data_path = path.with_name(location)
+    with open(data_path, "ab") as handle:
+        for tensor in model.graph.initializer:
+            raw = tensor.raw_data
+            if len(raw) < 1024:  # small constants stay in the graph
+                continue
+            key = (location, tensor.data_type, hashlib.sha256(raw).hexdigest())
+            if key not in stored:
+                offset = -(-handle.tell() // _ALIGN) * _ALIGN
+                handle.write(b"\0" * (offset - handle.tell()))
+                handle.write(raw)
+                stored[key] = (offset, len(raw))
+            offset, length = stored[key]
+            set_external_data(tensor, location, offset, length)
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+    onnx.save(model, str(path))
+    for name in scattered:
+        path.with_name(name).unlink(missing_ok=True)
+    return [location]
 
 
 def verify_export(out_dir: Path, refs: dict) -> dict[str, float]:
-    """Max relative error (see `relative_error`) of each graph's outputs, ONNX Runtime vs torch, fp32."""
+    """Max relative error (see `relative_error`) of each graph's outputs, ONNX Runtime vs the fp32 torch model."""
     import onnxruntime as ort
+
+    from .ort_backend import NUMPY_DTYPES
 
     errors = {}
     options = ort.SessionOptions()
     options.log_severity_level = 3
     for name, (args, expected) in refs.items():
         session = ort.InferenceSession(str(out_dir / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
-        feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)}
+        feeds = {i.name: a.numpy().astype(NUMPY_DTYPES[i.type]) for i, a in zip(session.get_inputs(), args)}
         got = session.run(None, feeds)
         errors[name] = max(relative_error(g, e.numpy()) for g, e in zip(got, expected))
     return errors

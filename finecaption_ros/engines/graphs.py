@@ -147,7 +147,7 @@ class _DecoderGraph(nn.Module):
             residual = hidden
             hidden = residual + layer.mlp(layer.post_attention_layernorm(hidden))
         last = self.body.norm(hidden[:, -1:])
-        return self.decoder.lm_head(last)[:, 0], presents
+        return self.decoder.lm_head(last)[:, 0].float(), presents  # fp16 graphs: logits in fp32
 
 
 class DecoderPrefillGraph(_DecoderGraph):

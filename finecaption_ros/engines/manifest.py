@@ -22,6 +22,8 @@ PLAN_FORMAT = "finecaption-tensorrt-plans"
 # Bump when the graphs' I/O contract changes; older exports are then re-exported (or refused, naming the fix).
 # 2: the scene context (neighbour and count tokens) left the region encoder for its own graph.
 EXPORTER_VERSION = 2
+# Precision of an export's graphs (`manifest["precision"]`, fp32 when absent) and of TensorRT plans.
+PRECISIONS = ("fp32", "fp16")
 
 
 class EngineError(RuntimeError):
@@ -44,6 +46,10 @@ class PlanLoadError(EngineError):
     """A plan file exists but cannot be read or deserialized."""
 
 
+class PlanBuildError(EngineError):
+    """TensorRT could not build (or check) plans here; the message names the TensorRT found and the fix."""
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -52,13 +58,23 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def graph_sha256(path: str | Path) -> str:
-    """sha256 of a graph file, and of its external-data file when the graph keeps its weights outside."""
+def external_data_files(path: str | Path) -> list[str]:
+    """The external-data files a graph's weights live in (names beside the graph), in order; [] when inline."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    files = {ExternalDataInfo(t).location: None for t in model.graph.initializer if uses_external_data(t)}
+    return list(files)
+
+
+def graph_sha256(path: str | Path, data_files: list[str] | None = None) -> str:
+    """sha256 of a graph file, chained with its external-data files' when the graph keeps its weights outside
+    (`data_files`: their names, read from the graph when None)."""
     path = Path(path)
     digest = sha256_file(path)
-    data = path.with_name(path.name + ".data")
-    if data.is_file():
-        digest = hashlib.sha256((digest + sha256_file(data)).encode()).hexdigest()
+    for name in external_data_files(path) if data_files is None else data_files:
+        digest = hashlib.sha256((digest + sha256_file(path.with_name(name))).encode()).hexdigest()
     return digest
 
 
@@ -88,11 +104,45 @@ def read_onnx_manifest(onnx_dir: str | Path) -> dict:
     if manifest.get("format") != ONNX_FORMAT:
         raise OnnxExportMissingError(f"{path} is not a FineCaption ONNX manifest (format "
                                      f"{manifest.get('format')!r})")
-    missing = [g["file"] for g in manifest.get("graphs", {}).values() if not (onnx_dir / g["file"]).is_file()]
+    missing = [f for g in manifest.get("graphs", {}).values() for f in [g["file"]] + g.get("data", [])
+               if not (onnx_dir / f).is_file()]
     if missing:
         raise OnnxExportMissingError(f"{onnx_dir} lacks {', '.join(missing)} listed in its manifest; re-export with "
                                      f"`finecaption export-onnx --model MODEL_DIR --out {onnx_dir}`")
     return manifest
+
+
+def export_precision(manifest: dict) -> str:
+    return manifest.get("precision", "fp32")
+
+
+def graphs_dir(onnx_dir: str | Path, precision: str) -> Path:
+    """Where the `precision` graphs of an export directory are: the directory itself when its export has that
+    precision (or it holds none yet and `precision` is fp32), else its `<precision>/` subdirectory
+    (`engine/onnx/fp16/` beside the fp32 graphs of `engine/onnx/`)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    onnx_dir = Path(onnx_dir)
+    try:
+        held = export_precision(read_json(onnx_dir / MANIFEST_NAME))
+    except (OSError, ValueError):
+        held = "fp32"
+    return onnx_dir if held == precision else onnx_dir / precision
+
+
+def read_graphs(onnx_dir: str | Path, precision: str) -> tuple[Path, dict]:
+    """(directory, manifest) of the `precision` graphs of an export directory, or OnnxExportMissingError naming
+    the export command."""
+    graphs = graphs_dir(onnx_dir, precision)
+    try:
+        return graphs, read_onnx_manifest(graphs)
+    except OnnxExportMissingError as error:
+        if graphs == Path(onnx_dir):
+            raise
+        raise OnnxExportMissingError(
+            f"no {precision} graphs in {graphs}; export them with `finecaption export-onnx --model MODEL_DIR --out "
+            f"{graphs} --precision {precision}` (or `finecaption build-engine --model MODEL_DIR --onnx {onnx_dir} "
+            f"--precision {precision}` does it)") from error
 
 
 # ---- TensorRT plans ---------------------------------------------------------------------------------------------
@@ -132,6 +182,7 @@ class PlanManifest:
     plans: dict[str, str] = field(default_factory=dict)  # graph -> file name
     workspace_mib: int = 0
     build_seconds: float = 0.0
+    typing: str = ""  # "strongly typed" | "weakly typed": how the network was built (trt_build.network_typing)
     format: str = PLAN_FORMAT
 
     def to_dict(self) -> dict:
@@ -144,7 +195,7 @@ class PlanManifest:
         return cls(target=RuntimeTarget(**data["target"]), onnx_sha256=dict(data["onnx_sha256"]),
                    model_digest=data["model_digest"], limits=PlanLimits(**data["limits"]),
                    plans=dict(data.get("plans", {})), workspace_mib=int(data.get("workspace_mib", 0)),
-                   build_seconds=float(data.get("build_seconds", 0.0)))
+                   build_seconds=float(data.get("build_seconds", 0.0)), typing=str(data.get("typing", "")))
 
     def save(self, plan_dir: Path) -> None:
         write_json(Path(plan_dir) / MANIFEST_NAME, self.to_dict())

@@ -26,6 +26,15 @@ def import_onnxruntime():
     return onnxruntime
 
 
+# ONNX Runtime's type strings; fp16 exports take and give fp16 floats (but the logits).
+NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+                "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+
+
+def input_dtypes(session) -> dict[str, type]:
+    return {i.name: NUMPY_DTYPES[i.type] for i in session.get_inputs()}
+
+
 def _numpy(value, dtype) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
@@ -66,6 +75,7 @@ class OnnxRuntimeBackend:
             intra_op = 1 if (name in sharded and self.shards > 1) or name == G.SCENE_CONTEXT else threads
             self.sessions[name] = ort.InferenceSession(str(self.onnx_dir / spec["file"]),
                                                        _session_options(ort, intra_op), providers=self.providers)
+        self.dtypes = {name: input_dtypes(session) for name, session in self.sessions.items()}
         self.runner = ShardedRunner(self.shards)
         # What the captioner sets torch to. Torch's OpenMP workers spin for a while after every op (the
         # preprocessing, the decode loop's indexing), on the cores the shards run on: on 2 cores, 8 regions, a frame
@@ -79,18 +89,20 @@ class OnnxRuntimeBackend:
     def encode_frames(self, hr_pixels) -> FrameFeatures:
         if hr_pixels is None or G.FRAME_ENCODER not in self.sessions:
             return FrameFeatures(None, None)
-        coarse, fine = self.sessions[G.FRAME_ENCODER].run(None, {"hr_pixels": _numpy(hr_pixels, np.float32)})
+        dtype = self.dtypes[G.FRAME_ENCODER]["hr_pixels"]
+        coarse, fine = self.sessions[G.FRAME_ENCODER].run(None, {"hr_pixels": _numpy(hr_pixels, dtype)})
         return FrameFeatures(torch.from_numpy(coarse), torch.from_numpy(fine))
 
     def visual_tokens(self, lr_pixels, masks, boxes, frames: FrameFeatures, frame_index) -> torch.Tensor:
-        shared = {"lr_pixels": _numpy(lr_pixels, np.float32)}
-        per_region = {"masks": _numpy(masks, np.float32), "boxes": _numpy(boxes, np.float32),
+        dtypes = self.dtypes[G.REGION_ENCODER]
+        shared = {"lr_pixels": _numpy(lr_pixels, dtypes["lr_pixels"])}
+        per_region = {"masks": _numpy(masks, dtypes["masks"]), "boxes": _numpy(boxes, dtypes["boxes"]),
                       "frame_index": _numpy(frame_index, np.int64)}
         if self.use_hr:
             if frames.coarse is None or frames.fine is None:
                 raise ValueError("this model uses high-res features: pass the output of encode_frames")
-            shared["coarse"] = _numpy(frames.coarse, np.float32)
-            shared["fine"] = _numpy(frames.fine, np.float32)
+            shared["coarse"] = _numpy(frames.coarse, dtypes["coarse"])
+            shared["fine"] = _numpy(frames.fine, dtypes["fine"])
         shards = self.runner.split(len(per_region["masks"]))
         outputs = self.runner.run(self.sessions[G.REGION_ENCODER],
                                   [dict(shared, **{k: v[s] for k, v in per_region.items()}) for s in shards])
@@ -103,7 +115,7 @@ class OnnxRuntimeBackend:
 
     def decoder_session(self) -> "OrtDecoderSession":
         return OrtDecoderSession(self.sessions[G.DECODER_PREFILL], self.sessions[G.DECODER_STEP], self.num_layers,
-                                 self.runner)
+                                 self.runner, self.dtypes[G.DECODER_PREFILL]["visual"])
 
 
 def _session_options(ort, intra_op_threads: int):
@@ -152,7 +164,8 @@ class OrtDecoderSession:
     """`DecoderSession` over the prefill and step graphs. The batch is split into the runner's shards at prefill;
     each shard keeps its own KV cache, and every step runs the shards at once."""
 
-    def __init__(self, prefill, step, num_layers: int, runner: ShardedRunner):
+    def __init__(self, prefill, step, num_layers: int, runner: ShardedRunner, visual_dtype=np.float32):
+        self.visual_dtype = visual_dtype
         self.prefill_session = prefill
         self.step_session = step
         self.runner = runner
@@ -161,7 +174,7 @@ class OrtDecoderSession:
         self.caches: list[list[np.ndarray]] | None = None
 
     def prefill(self, visual, prompt_ids, attention, positions) -> np.ndarray:
-        feeds = {"visual": _numpy(visual, np.float32), "prompt_ids": _numpy(prompt_ids, np.int64),
+        feeds = {"visual": _numpy(visual, self.visual_dtype), "prompt_ids": _numpy(prompt_ids, np.int64),
                  "attention_mask": _numpy(attention, np.int64), "position_ids": _numpy(positions, np.int64)}
         self.shards = self.runner.split(len(feeds["visual"]))
         outputs = self.runner.run(self.prefill_session, [{k: v[s] for k, v in feeds.items()} for s in self.shards])

@@ -23,7 +23,7 @@ import torch
 from ..model.finecaption import FrameFeatures
 from . import graphs as G
 from .manifest import (BackendUnavailableError, PlanLimits, PlanLoadError, PlanManifest, PlanMismatchError,
-                       plan_mismatches, read_onnx_manifest)
+                       plan_mismatches, read_graphs)
 from .trt_build import build_engines, default_plan_dir, import_tensorrt, limits_with, runtime_target
 
 log = logging.getLogger("finecaption.engines")
@@ -76,8 +76,8 @@ def load_plans(onnx_dir: str | Path, precision: str = "fp16", plan_dir: str | Pa
         raise ValueError(f"on_mismatch must be one of {ON_MISMATCH}, got {on_mismatch!r}")
     trt = import_tensorrt()
     onnx_dir = Path(onnx_dir)
-    manifest = read_onnx_manifest(onnx_dir)
     target = runtime_target(precision, device)
+    manifest = read_graphs(onnx_dir, precision)[1]
     plan_dir = Path(plan_dir) if plan_dir is not None else default_plan_dir(onnx_dir, target)
     onnx_sha = {name: spec["sha256"] for name, spec in manifest["graphs"].items()}
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -199,7 +199,7 @@ class TensorRTBackend:
                                     max_new_tokens=max_new_tokens, max_frames=max_frames)
         loaded = load_plans(onnx_dir, precision, plan_dir, on_mismatch, requested, workspace_mib, timing_cache,
                             device, progress)
-        return cls(loaded, read_onnx_manifest(onnx_dir), torch.device("cuda", device))
+        return cls(loaded, read_graphs(onnx_dir, precision)[1], torch.device("cuda", device))
 
     def encode_frames(self, hr_pixels) -> FrameFeatures:
         if hr_pixels is None or G.FRAME_ENCODER not in self.engines:

@@ -5,15 +5,16 @@
                                              decoder="/models/Meta-Llama-3-8B")
     model.save_pretrained("/models/finecaption-8b-init", tokenizer)   # then `finecaption train --resume`-style fine-tuning
 
-Only local directories are read (`local_files_only`): nothing is fetched from a hub.
+Only local directories are read (`local_files_only`): nothing is fetched from a hub. Weights are read only from
+safetensors files and no directory's own code is run (no pickles, no `auto_map`).
 """
 from __future__ import annotations
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, ConvNextModel, SamVisionModel
+from transformers import AutoModelForCausalLM, ConvNextModel, SamVisionModel
 
 from ..tasks import ATTRIBUTES
 from .config import FineCaptionConfig
-from .finecaption import FineCaptionModel
+from .finecaption import FineCaptionModel, load_tokenizer
 from .hr_encoder import HighResEncoder
 from .mask_encoder import MaskAwareViT
 
@@ -32,10 +33,11 @@ def build_from_components(clip: str, convnext: str, decoder: str, sam: str | Non
     with its tokenizer; `sam`: optionally a SAM vision encoder. `fusion` overrides FineCaptionConfig fields
     (context_grid, region_grid, adapter_hidden, ...). The mask conv and the fusion adapters start fresh."""
     mask_encoder = MaskAwareViT.from_pretrained_tower(clip)
-    convnext_model = ConvNextModel.from_pretrained(convnext, local_files_only=True)
-    sam_model = SamVisionModel.from_pretrained(sam, local_files_only=True) if sam else None
-    language_model = AutoModelForCausalLM.from_pretrained(decoder, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(decoder, local_files_only=True)
+    convnext_model = ConvNextModel.from_pretrained(convnext, local_files_only=True, use_safetensors=True)
+    sam_model = SamVisionModel.from_pretrained(sam, local_files_only=True, use_safetensors=True) if sam else None
+    language_model = AutoModelForCausalLM.from_pretrained(decoder, local_files_only=True, use_safetensors=True,
+                                                          trust_remote_code=False)
+    tokenizer = load_tokenizer(decoder)
     if tokenizer.pad_token is None:  # Llama tokenizers ship without one; padding is always masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
     settings = dict(context_grid=None, region_feature_stage=2, adapter_hidden=language_model.config.hidden_size)

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
 from ..tasks import ATTRIBUTES
+from .errors import RESAVE_HINT, ModelLoadError
 
 CONFIG_NAME = "config.json"
 MASK_MODES = ("mask", "box", "none")  # "box" and "none" exist for the ablations in the README
@@ -61,10 +63,19 @@ class FineCaptionConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "FineCaptionConfig":
+        """Raises ValueError naming the first key that is missing, unknown or of the wrong kind."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a FineCaption config is a JSON object, got {type(data).__name__}")
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown FineCaption config keys: {sorted(unknown)}")
+            raise ValueError(f"unknown FineCaption config keys: {sorted(unknown)[:10]}")
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+                   and f.name not in data]
+        if missing:
+            raise ValueError(f"missing FineCaption config keys: {missing}")
+        for name, value in data.items():
+            _check_value(name, value, cls.__dataclass_fields__[name].type)
         return cls(**data)
 
     def save(self, directory: str | Path) -> None:
@@ -78,4 +89,33 @@ class FineCaptionConfig:
             path = path / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no FineCaption config at {path}")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            return cls.from_dict(json.loads(path.read_bytes().decode("utf-8")))
+        except (UnicodeDecodeError, RecursionError) as err:
+            raise ModelLoadError(f"{path} is not a FineCaption config ({type(err).__name__}); {RESAVE_HINT}") from None
+        except ValueError as err:  # json.JSONDecodeError is one
+            raise ModelLoadError(f"{path} is not a FineCaption config ({err}); {RESAVE_HINT}") from None
+
+
+# What each field's JSON value must be, by its annotation (a string here: "int | None", "tuple[float, ...]").
+# The towers' own settings are checked by transformers when the model is built from them.
+_KINDS = {"dict": (dict,), "int": (int,), "bool": (bool,), "str": (str,), "float": (int, float), "list": (list,),
+          "tuple": (list, tuple)}
+
+
+def _check_value(name: str, value, annotation: str) -> None:
+    options = [part.strip().split("[")[0] for part in annotation.split("|")]
+    if value is None and "None" in options:
+        return
+    kinds = tuple(kind for option in options if option != "None" for kind in _KINDS[option])
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise ValueError(f"config key {name!r} must be {annotation}, got {type(value).__name__} {value!r:.60}")
+    if isinstance(value, dict) and name != "aux_classes" and not isinstance(value.get("model_type"), str):
+        raise ValueError(f"config key {name!r} must name its transformers \"model_type\"")
+    if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+        raise ValueError(f"config key {name!r} must not be negative, got {value}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"config key {name!r} must be a finite number, got {value}")
+    if name in ("image_mean", "image_std") and (
+            len(value) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)):
+        raise ValueError(f"config key {name!r} must be three numbers (R, G, B), got {value!r:.60}")

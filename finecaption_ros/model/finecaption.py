@@ -6,6 +6,7 @@ once per region and reuses its frame's features, and the decoder turns visual to
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .config import FineCaptionConfig, tower_config
+from .config import CONFIG_NAME, FineCaptionConfig, tower_config
+from .errors import RESAVE_HINT, ModelLoadError, brief
 from .fusion import RegionFusion
 from .hr_encoder import HighResEncoder
 from .inputs import normalise_frames
@@ -23,6 +25,8 @@ from .mask_encoder import MaskAwareViT
 from .scene_context import NeighborTokens, ObjectCounter, density_targets
 
 WEIGHTS_NAME = "model.safetensors"
+# The embedded default model (the captioner and the engines' CLI load it when no model is named).
+DEFAULT_MODEL_DIR = Path(__file__).parent.parent / "checkpoints" / "default"
 
 
 @dataclass
@@ -72,7 +76,8 @@ class FineCaptionModel(nn.Module):
     def visual_tokens(self, lr_pixels: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
                       frames: FrameFeatures, frame_index: torch.Tensor,
                       groups: torch.Tensor | None = None) -> torch.Tensor:
-        """lr_pixels (F,3,s,s) per frame; masks (R,1,S,S) float at the high-res side; boxes (R,4) normalised;
+        """lr_pixels (F,3,s,s) per frame; masks (R,1,S,S) float at the high-res side; boxes (R,8) region geometry
+        (`model/inputs.py`);
         frame_index (R,) which frame each region belongs to; groups (R,) which regions are each other's neighbours
         (default: those of the same frame) -> (R, T, width).
 
@@ -113,7 +118,7 @@ class FineCaptionModel(nn.Module):
     def mode_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         """The boxes the model sees: the whole image for mask_mode "none", else the regions' own."""
         if self.config.mask_mode == "none":
-            return torch.tensor([0.0, 0.0, 1.0, 1.0]).expand_as(boxes).to(boxes)
+            return torch.tensor([0.0, 0.0, 1.0, 1.0, 0.5, 0.5, 1.0, 1.0]).expand_as(boxes).to(boxes)
         return boxes
 
     def apply_mask_mode(self, masks: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +132,9 @@ class FineCaptionModel(nn.Module):
         coords = (torch.arange(side, device=masks.device, dtype=masks.dtype) + 0.5) / side
         inside_x = (coords[None] >= boxes[:, 0:1]) & (coords[None] <= boxes[:, 2:3])
         inside_y = (coords[None] >= boxes[:, 1:2]) & (coords[None] <= boxes[:, 3:4])
-        return (inside_y[:, :, None] & inside_x[:, None, :]).unsqueeze(1).to(masks.dtype), boxes
+        filled = (inside_y[:, :, None] & inside_x[:, None, :]).unsqueeze(1).to(masks.dtype)
+        centres = (boxes[:, 0:2] + boxes[:, 2:4]) / 2  # a filled box's centroid
+        return filled, torch.cat([boxes[:, :4], centres, boxes[:, 6:8]], dim=1)
 
     def aux_logits(self, visual: torch.Tensor) -> dict[str, torch.Tensor]:
         summary = visual[:, self.summary_index]
@@ -205,19 +212,54 @@ class FineCaptionModel(nn.Module):
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}: is this a FineCaption model directory?")
-        model = cls(config or FineCaptionConfig.load(directory))
-        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+        config = config or FineCaptionConfig.load(directory)
+        try:  # the towers' settings are only checked by transformers, as it builds them
+            model = cls(config)
+        except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as err:
+            raise ModelLoadError(f"{directory / CONFIG_NAME} does not describe a model that can be built "
+                                 f"({brief(err)}); {RESAVE_HINT}") from None
+        try:
+            state = load_file(str(weights))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError, an Exception
+            raise ModelLoadError(f"{weights} is corrupt or truncated ({brief(err)}); {RESAVE_HINT}") from None
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # tensors of the wrong shape
+            raise ModelLoadError(f"{weights} does not match {directory / CONFIG_NAME} ({brief(err)}); "
+                                 f"{RESAVE_HINT}") from None
         missing = [k for k in missing if not _is_tied_copy(model, k)]
         if unexpected or (missing and not allow_new_parameters):
-            raise ValueError(f"{weights} does not match its config: missing {missing[:5]}, unexpected "
-                             f"{unexpected[:5]}")
+            raise ModelLoadError(f"{weights} does not match {directory / CONFIG_NAME}: missing {missing[:5]}, "
+                                 f"unexpected {unexpected[:5]}; {RESAVE_HINT}")
         if missing:
             print(f"initialised fresh: {', '.join(missing)}")
         return model.eval()
 
 
+TOKENIZER_NAME = "tokenizer.json"
+TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
+
+
 def load_tokenizer(directory: str | Path):
-    return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    """The tokenizer saved beside a model. A tokenizer that names its own code (`auto_map`) is refused: a model
+    directory never runs code."""
+    directory = Path(directory)
+    for name in (TOKENIZER_CONFIG_NAME, CONFIG_NAME):
+        path = directory / name
+        try:
+            settings = json.loads(path.read_bytes()) if path.is_file() else {}
+        except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise ModelLoadError(f"{path} is not valid JSON ({type(err).__name__}); {RESAVE_HINT}") from None
+        if isinstance(settings, dict) and "auto_map" in settings:
+            raise ModelLoadError(f"{path} names custom code to run (auto_map {settings['auto_map']!r:.80}); a "
+                                 "model directory never runs code: use a tokenizer transformers has built in")
+    if not (directory / TOKENIZER_NAME).is_file() and not (directory / TOKENIZER_CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"no tokenizer in {directory} ({TOKENIZER_NAME}, {TOKENIZER_CONFIG_NAME}); save it "
+                                "beside the model with save_pretrained(directory, tokenizer)")
+    try:
+        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
+    except Exception as err:  # noqa: BLE001 - tokenizers raises a bare Exception for a corrupt tokenizer.json
+        raise ModelLoadError(f"the tokenizer in {directory} cannot be loaded ({brief(err)}); {RESAVE_HINT}") from None
 
 
 def weights_digest(directory: str | Path) -> str:

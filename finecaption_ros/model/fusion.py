@@ -34,13 +34,28 @@ BOX_FREQUENCIES = (1.0, 2.0, 4.0, 8.0)
 BOX_FEATURES = 4 + 4 * 2 * len(BOX_FREQUENCIES)
 
 
-def box_features(boxes: torch.Tensor) -> torch.Tensor:
-    """Centre and size of each box, raw and as sinusoids: an MLP reads "which third of the image" from sinusoids
-    within a few steps, from four raw numbers only slowly."""
-    x0, y0, x1, y1 = boxes.unbind(-1)
-    geometry = torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
-    angles = geometry[..., None] * (torch.pi * torch.tensor(BOX_FREQUENCIES, dtype=boxes.dtype))
+def _geometry_features(geometry: torch.Tensor) -> torch.Tensor:
+    """(..., 4) centre x, y and size w, h -> raw and as sinusoids: an MLP reads "which third of the image" from
+    sinusoids within a few steps, from four raw numbers only slowly."""
+    angles = geometry[..., None] * (torch.pi * torch.tensor(BOX_FREQUENCIES, dtype=geometry.dtype))
     return torch.cat([geometry, angles.sin().flatten(1), angles.cos().flatten(1)], dim=-1)
+
+
+def box_features(boxes: torch.Tensor) -> torch.Tensor:
+    """(R,4) boxes x0, y0, x1, y1 -> features of their centre and size."""
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    return _geometry_features(torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1))
+
+
+def region_features(geometry: torch.Tensor) -> torch.Tensor:
+    """(R,8) region geometry in the letterboxed view (`model/inputs.py`) -> features of where the region's centroid
+    lies in the frame (fractions of its width and height) and how big its box is relative to the frame's shorter
+    side: the world's own definitions of position and size, whatever the frame's aspect ratio."""
+    x0, y0, x1, y1, cx, cy, content_w, content_h = geometry.unbind(-1)
+    shorter = torch.minimum(content_w, content_h)
+    frame_x = (cx - (1 - content_w) / 2) / content_w
+    frame_y = (cy - (1 - content_h) / 2) / content_h
+    return _geometry_features(torch.stack([frame_x, frame_y, (x1 - x0) / shorter, (y1 - y0) / shorter], dim=-1))
 
 
 def cell_boxes(rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
@@ -97,9 +112,9 @@ class RegionFusion(nn.Module):
         return self._channel_norm(self.hr_norm, hr_coarse), self._channel_norm(self.fine_norm, hr_fine)
 
     def forward(self, vit_map: torch.Tensor, coarse: torch.Tensor | None, fine: torch.Tensor | None,
-                mask: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+                mask: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
         """vit_map (R,Cv,g,g); coarse / fine: the high-res maps from `normalise_frames`, gathered per region
-        (R,...); mask (R,1,S,S) float; boxes (R,4).
+        (R,...); mask (R,1,S,S) float; geometry (R,8) (`model/inputs.py`).
 
         Returns visual tokens (R, T, width): context tokens then region tokens then the summary token.
         """
@@ -118,6 +133,7 @@ class RegionFusion(nn.Module):
         # Region cells: each map is RoI-aligned at its own resolution (cheap), the high-res one masked first so
         # that another object inside the same box does not leak into this region's cells.
         grid, sampling = self.region_grid, self.roi_sampling
+        boxes = geometry[:, :4]
         vit_mask = F.interpolate(mask, size=vit_map.shape[-2:], mode="area")
         cells = [roi_align(vit_map, boxes, grid, sampling)]
         inside = [_masked_mean(vit_map, vit_mask)]
@@ -130,7 +146,7 @@ class RegionFusion(nn.Module):
 
         shape = roi_align(mask, boxes, self.shape_grid, 2).flatten(1)
         coverage = mask.mean(dim=(1, 2, 3)).unsqueeze(1)
-        summary = self.summary_adapter(torch.cat(inside + [coverage, shape, box_features(boxes)], dim=1)).unsqueeze(1)
+        summary = self.summary_adapter(torch.cat(inside + [coverage, shape, region_features(geometry)], dim=1)).unsqueeze(1)
         return torch.cat([context, region, summary], dim=1)
 
 

@@ -48,10 +48,10 @@ class MaskAwareViT(nn.Module):
     def from_pretrained_tower(cls, directory: str) -> "MaskAwareViT":
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+        config = AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
         config = getattr(config, "vision_config", config)  # a full CLIP checkpoint holds the vision config inside
         tower_class = VISION_TOWERS[config.model_type]
-        return cls(tower_class.from_pretrained(directory, local_files_only=True))
+        return cls(tower_class.from_pretrained(directory, local_files_only=True, use_safetensors=True))
 
     def forward(self, pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """pixels (R,3,S,S) normalised, mask (R,1,S,S) in [0,1] -> patch features (R, C, grid, grid)."""

@@ -4,7 +4,7 @@ Two measured additions to FineCaption's visual tokens (see the README's model no
 small decoder unable to say which object sits next to a region (relative location: 0.5 % right) or to count the
 objects of a frame (global captions: 44 %, chance 33 %):
 - *neighbour tokens*: every region also gets the summary tokens of the K nearest other regions captioned with it
-  (same frame, nearest box centre first), each plus an embedding of where it lies relative to the region. The
+  (same frame, nearest centroid first), each plus an embedding of where it lies relative to the region. The
   summary token already carries a region's category and colour, so "left of the red circle" becomes a lookup.
   Regions share a frame's caption call anyway; a region captioned alone gets a learned "no neighbour" token.
 - a *count token*: a density head over the high-res encoder's last feature map predicts, per cell, how many object
@@ -42,11 +42,13 @@ class NeighborTokens(nn.Module):
         self.absent = nn.Parameter(torch.zeros(width))
 
     def forward(self, summary: torch.Tensor, boxes: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-        """summary (R,D); boxes (R,4) normalised; groups (R,): regions are neighbours only within a group.
+        """summary (R,D); boxes (R,8) region geometry (`model/inputs.py`: neighbours are measured between mask
+        centroids in the letterboxed view, where both axes share one scale); groups (R,): regions are neighbours
+        only within a group.
 
         Returns (R, K, D), nearest first. Written with TopK/Gather/Where only, so it exports for TensorRT."""
         regions, k = summary.shape[0], self.count
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        centres = boxes[:, 4:6]
         distance = ((centres[:, None] - centres[None]) ** 2).sum(-1)  # (R, R)
         index = torch.arange(regions, device=summary.device)
         excluded = (groups[:, None] != groups[None]) | (index[:, None] == index[None])

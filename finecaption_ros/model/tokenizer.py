@@ -20,8 +20,14 @@ def words_of(texts) -> list[str]:
     return sorted(found)
 
 
-def build_word_tokenizer(texts) -> PreTrainedTokenizerFast:
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS.values())}
+def build_word_tokenizer(texts, keep: dict[str, int] | None = None) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer for every word of `texts`. `keep` (an existing tokenizer's vocabulary) keeps those ids
+    and appends the new words after them, so a model fine-tuned on a larger world keeps its embeddings."""
+    vocab = dict(sorted(keep.items(), key=lambda item: item[1])) if keep else {}
+    if list(vocab.values()) != list(range(len(vocab))):
+        raise ValueError("the vocabulary to keep must number its tokens 0..N-1")
+    for token in SPECIAL_TOKENS.values():
+        vocab.setdefault(token, len(vocab))
     for word in words_of(texts):
         vocab.setdefault(word, len(vocab))
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk_token"]))

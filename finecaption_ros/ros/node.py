@@ -6,26 +6,36 @@ Publishes: `region_captions` (finecaption_ros/RegionCaptionArray, header copied 
 `~/annotated_image` (when `publish_annotated`), `/diagnostics` (diagnostic_msgs/DiagnosticArray).
 Service: `~/caption_regions` (finecaption_ros/CaptionRegions).
 
-Inference runs on a worker thread. Latest-frame policy: at most one paired frame waits; a newer one replaces it and
-the older is counted as dropped. Bad input is logged in one line, counted in diagnostics and never stops the node.
+Threads: one SingleThreadedExecutor thread receives images, masks, parameter calls and timers; one worker thread
+runs every caption, stream frames and service requests alike; a second single-threaded executor only takes
+service requests and waits (without the GIL) for the worker's answer. A MultiThreadedExecutor's Python threads
+would hold the GIL in turns with the inference thread, whose hundreds of small torch ops each need it back.
+Latest-frame policy: at most one paired frame waits; a newer one replaces it and the older is counted as dropped.
+Bad input is logged in one line, counted in diagnostics and never stops the node; Ctrl-C stops the worker before
+the ROS context goes down.
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.exceptions import ParameterNotDeclaredException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.parameter_service import ParameterService
+from rclpy.qos import QoSProfile
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image, RegionOfInterest
 
 from finecaption_ros.msg import RegionCaption, RegionCaptionArray
@@ -34,7 +44,8 @@ from finecaption_ros.srv import CaptionRegions
 from ..ros_support.annotate import annotate
 from ..ros_support.errors import REJECT_REASONS, FrameError
 from ..ros_support.image_codec import check_image, check_mask, encode
-from ..ros_support.latest import LatestSlot
+from ..ros_support.dds import use_large_frame_transport
+from ..ros_support.latest import REQUEST, LatestSlot
 from ..ros_support.pairing import IMAGE, MASK, StampPairer
 from ..ros_support.params import NODE_PARAMS, validate
 from ..ros_support.pipeline import CaptionPipeline, PipelineConfig
@@ -45,6 +56,7 @@ from .common import descriptor, fill_image, qos_profile, stamp_ns
 NODE_NAME = "finecaption_node"
 PROBLEM_COUNTERS = ("empty_masks", "regions_below_min_area", "regions_over_limit", "unmatched_images",
                     "unmatched_masks", "lost_images", "lost_masks")
+MAX_LOG_LINE = 400  # characters; log lines quote message fields, which a sender controls
 
 
 class StartupError(RuntimeError):
@@ -60,6 +72,40 @@ class _Frame:
     pairing_s: float  # executor-thread time of both callbacks (header checks + pairing)
 
 
+@dataclass
+class _Request:
+    request: object
+    response: object
+    received: float
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class _BatchParameterService(ParameterService):
+    """rclpy's parameter services, except that a SetParameters batch which is valid together is applied together:
+    rclpy sets each parameter alone, so {task: attribute, attributes: [color]} while attributes is [] refused task
+    against the old list and applied attributes. A batch that fails together is set one by one, as rclpy does."""
+
+    def _set_parameters_callback(self, request, response):
+        node = self._get_node()
+        if len(request.parameters) > 1:
+            try:
+                together = node.set_parameters_atomically([Parameter.from_parameter_msg(p)
+                                                           for p in request.parameters])
+            except ParameterNotDeclaredException:
+                together = None
+            if together is not None and together.successful:
+                response.results = [together] * len(request.parameters)
+                return response
+        return super()._set_parameters_callback(request, response)
+
+
+def inference_threads(num_threads: int = 0) -> int:
+    """The num_threads parameter, 0 resolved: one core per thread, less one left to DDS and the camera. torch's
+    OpenMP workers spin-wait between ops, so a thread more than the free cores costs far more than it gives: on
+    2 busy cores, 2 threads captioned a frame in 17.6 s where 1 thread took 0.49 s (bench/node_rate.py)."""
+    return num_threads or max(1, len(os.sched_getaffinity(0)) - 1)
+
+
 def load_captioner(model_path: str, backend: str, engine_dir: str, num_threads: int = 0, **engine_options):
     """Captioner.from_pretrained with start-up errors turned into one clear line."""
     try:
@@ -67,7 +113,7 @@ def load_captioner(model_path: str, backend: str, engine_dir: str, num_threads: 
     except ImportError as err:
         raise StartupError(f"cannot import the captioner: {err}") from err
     try:
-        options = {"num_threads": num_threads} if num_threads else {}
+        options = {"num_threads": inference_threads(num_threads)}
         if backend == "tensorrt":  # the plan options mean nothing to the other backends
             options.update(engine_options)
         return Captioner.from_pretrained(path=model_path or None, backend=backend, engine_dir=engine_dir or None,
@@ -80,7 +126,8 @@ def load_captioner(model_path: str, backend: str, engine_dir: str, num_threads: 
 
 class FineCaptionNode(Node):
     def __init__(self, captioner=None, node_name: str = NODE_NAME, **kwargs):
-        super().__init__(node_name, **kwargs)
+        super().__init__(node_name, start_parameter_services=False, **kwargs)
+        self._parameter_service = _BatchParameterService(self)
         self.stats = NodeStats()
         self._known_attributes = tuple(ATTRIBUTES)
         self._log_state: dict[str, tuple[float, int]] = {}
@@ -106,29 +153,35 @@ class FineCaptionNode(Node):
         self.pipeline = CaptionPipeline(self.captioner, PipelineConfig.from_params(p))
         self._warm_up()
         self.pairer = StampPairer(int(p["sync_slop"] * 1e9), int(p["sync_timeout"] * 1e9), p["sync_queue_size"])
-        self.slot = LatestSlot()
-        if hasattr(self, "add_post_set_parameters_callback"):
-            self.add_post_set_parameters_callback(self._apply_parameters)
+        self.slot = LatestSlot(max_requests=1)  # the service executor hands over one request at a time
+        self.add_post_set_parameters_callback(self._apply_parameters)
 
-        self._input_group = MutuallyExclusiveCallbackGroup()
-        self._service_group = MutuallyExclusiveCallbackGroup()
         qos = qos_profile(p["qos"], p["qos_depth"])
         for topic, callback in (("image", self._on_image), ("mask", self._on_mask)):
             events = SubscriptionEventCallbacks(
                 message_lost=lambda info, topic=topic: self._on_lost(topic, info),
                 incompatible_qos=lambda info, topic=topic: self._on_incompatible(topic, info))
-            self.create_subscription(Image, topic, callback, qos, callback_group=self._input_group,
-                                     event_callbacks=events)
+            self.create_subscription(Image, topic, callback, qos, event_callbacks=events)
         self.captions_pub = self.create_publisher(RegionCaptionArray, "region_captions", 50)
         self.annotated_pub = self.create_publisher(Image, "~/annotated_image", 2)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(p["diagnostics_period"], self._publish_diagnostics, callback_group=self._input_group)
-        self.create_timer(0.1, self._expire, callback_group=self._input_group)
+        self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
+        self.create_timer(0.1, self._expire)
         self.worker = threading.Thread(target=self._work, name="finecaption-inference", daemon=True)
         self.worker.start()
-        # Created last: once the service is there, the node is ready.
-        self.create_service(CaptionRegions, "~/caption_regions", self._on_service,
-                            callback_group=self._service_group)
+        # The service lives on a hidden helper node with its own executor thread, which waits while the worker
+        # captions a request; parameter calls on this node stay answered meanwhile. Created last: once the
+        # service is there, the node is ready.
+        self._service_node = Node(f"_{self.get_name()}_service", namespace=self.get_namespace(),
+                                  context=self.context, use_global_arguments=False, enable_rosout=False,
+                                  start_parameter_services=False)
+        self._service_node.create_service(
+            CaptionRegions, f"{self.get_fully_qualified_name()}/caption_regions", self._on_service,
+            qos_profile=QoSProfile(depth=p["service_queue_depth"]))
+        self._service_executor = SingleThreadedExecutor(context=self.context)
+        self._service_executor.add_node(self._service_node)
+        self._service_thread = threading.Thread(target=self._spin_service, name="finecaption-service", daemon=True)
+        self._service_thread.start()
         self.get_logger().info(
             f"ready: model {self.model_id} ({self.backend}), task {p['task']}; "
             f"{self.resolve_topic_name('image')} + {self.resolve_topic_name('mask')} -> "
@@ -157,8 +210,6 @@ class FineCaptionNode(Node):
         reason = validate(changes, self.param_values(), self._known_attributes)
         if reason:
             return SetParametersResult(successful=False, reason=reason)
-        if not hasattr(self, "add_post_set_parameters_callback") and hasattr(self, "pipeline"):
-            self._apply_values({**self.param_values(), **changes})
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, params) -> None:
@@ -171,22 +222,53 @@ class FineCaptionNode(Node):
         self.pairer.max_pending = int(values["sync_queue_size"])
 
     # ----------------------------------------------------------------------------------------------- logging
-    def _log_problem(self, key: str, line: str, error: bool = False) -> None:
-        """One line per problem; the same kind of problem at most once a second (with the count it skipped)."""
+    # rclpy refuses a second severity from one call site (ValueError), so each severity has exactly one line that
+    # logs it; and nothing here may raise, at shutdown least of all.
+    def _warn(self, key: str, line: str) -> None:
+        line = self._throttled(key, line)
+        if line:
+            try:
+                self.get_logger().warning(line)
+            except Exception:
+                pass
+
+    def _error(self, key: str, line: str) -> None:
+        line = self._throttled(key, line)
+        if line:
+            try:
+                self.get_logger().error(line)
+            except Exception:
+                pass
+
+    def _throttled(self, key: str, line: str) -> str | None:
+        """The line to log (bounded in length), or None: the same kind of problem at most once a second."""
         now = time.monotonic()
-        last, skipped = self._log_state.get(key, (-1e9, 0))
-        if now - last < 1.0:
-            self._log_state[key] = (last, skipped + 1)
-            return
-        self._log_state[key] = (now, 0)
-        if skipped:
-            line += f" ({skipped} more like this in the last second)"
-        (self.get_logger().error if error else self.get_logger().warning)(line)
+        with self.stats.lock:
+            last, skipped = self._log_state.get(key, (-1e9, 0))
+            if now - last < 1.0:
+                self._log_state[key] = (last, skipped + 1)
+                return None
+            self._log_state[key] = (now, 0)
+        line = _bounded(line)
+        return line + (f" ({skipped} more like this in the last second)" if skipped else "")
 
     def _reject(self, err: FrameError, what: str = "frame") -> None:
-        self.stats.reject(err.reason, str(err))
-        self._log_problem(f"{what}_{err.reason}", f"{what} rejected ({err.reason}): {err}",
-                          error=err.reason == "captioner_error")
+        self.stats.reject(err.reason, _bounded(str(err)))
+        line = f"{what} rejected ({err.reason}): {err}"
+        if err.reason == "captioner_error":
+            self._error(f"{what}_{err.reason}", line)
+        else:
+            self._warn(f"{what}_{err.reason}", line)
+
+    def _publish(self, publisher, msg) -> None:
+        """Publish unless the node is stopping; a publish that races the shutdown is dropped, not raised."""
+        if not self._running:
+            return
+        try:
+            publisher.publish(msg)
+        except Exception as err:
+            if self._running and self.context.ok():
+                self._error("publish", f"cannot publish on {publisher.topic_name}: {err}")
 
     # ----------------------------------------------------------------------------------------------- inputs
     def _on_image(self, msg: Image) -> None:
@@ -226,11 +308,13 @@ class FineCaptionNode(Node):
         """DDS reports messages that never reached the node (e.g. the subscription queue overflowed)."""
         n = int(info.total_count_change)
         self.stats.problem(f"lost_{topic}s", f"{n} {topic} message(s) lost before reaching the node", n)
+        self._warn(f"lost_{topic}", f"{n} {topic} message(s) lost in DDS before reaching the node (publisher "
+                                    f"faster than this subscription, or frames too large for its transport)")
 
     def _on_incompatible(self, topic: str, info) -> None:
-        self._log_problem(f"qos_{topic}", f"a publisher on {self.resolve_topic_name(topic)} has a QoS incompatible "
-                                           f"with this subscription ({self.get_parameter('qos').value}); "
-                                           "set the qos parameter to match it", error=True)
+        self._error(f"qos_{topic}", f"a publisher on {self.resolve_topic_name(topic)} has a QoS incompatible "
+                                    f"with this subscription ({self.get_parameter('qos').value}); "
+                                    "set the qos parameter to match it")
 
     def _expire(self) -> None:
         self._count_dropped(self.pairer.expire(time.monotonic_ns()))
@@ -251,19 +335,29 @@ class FineCaptionNode(Node):
             else:
                 line = f"two {item.kind}s with the same stamp {item.stamp_ns / 1e9:.6f}; the older dropped"
             self.stats.problem(counter, line)
-            self._log_problem(f"{counter}_{item.why}", line)
+            self._warn(f"{counter}_{item.why}", line)
 
     # ----------------------------------------------------------------------------------------------- worker
     def _work(self) -> None:
         while self._running:
-            frame = self.slot.take(timeout=0.25)
-            if frame is None:
+            work = self.slot.take_work(timeout=0.25)
+            if work is None:
+                continue
+            kind, item = work
+            if kind == REQUEST:
+                self._answer(item)
                 continue
             try:
-                self._caption_frame(frame)
+                self._caption_frame(item)
             except Exception as err:  # never let the worker die
                 self._reject(FrameError("captioner_error", f"captioning failed: {type(err).__name__}: {err}"))
-                self.get_logger().debug(traceback.format_exc())
+                self._debug(traceback.format_exc())
+
+    def _debug(self, text: str) -> None:
+        try:
+            self.get_logger().debug(text)
+        except Exception:
+            pass
 
     def _caption_frame(self, frame: _Frame) -> None:
         try:
@@ -273,11 +367,11 @@ class FineCaptionNode(Node):
             return
         for counter, line, n in result.problems:
             self.stats.problem(counter, line, n)
-            self._log_problem(counter, line)
+            self._warn(counter, line)
         t_publish = time.perf_counter()
         msg = self.to_message(result, frame.image.header)
         msg.processing_latency = time.monotonic() - frame.received
-        self.captions_pub.publish(msg)
+        self._publish(self.captions_pub, msg)
         publish_s = time.perf_counter() - t_publish
         if self.get_parameter("publish_annotated").value:
             self._publish_annotated(result, frame.image.header)
@@ -295,11 +389,12 @@ class FineCaptionNode(Node):
             drawn = annotate(result.image, result.labels, result.captions)
             out = fill_image(Image(), encode(drawn, "rgb8"))
             out.header = header
-            self.annotated_pub.publish(out)
         except Exception as err:
             if not self._annotated_failed:
-                self.get_logger().error(f"cannot draw the annotated image: {err}")
+                self._error("annotate", f"cannot draw the annotated image: {err}")
                 self._annotated_failed = True
+            return
+        self._publish(self.annotated_pub, out)
 
     def to_message(self, result, header) -> RegionCaptionArray:
         msg = RegionCaptionArray()
@@ -317,29 +412,60 @@ class FineCaptionNode(Node):
         return msg
 
     # ----------------------------------------------------------------------------------------------- service
+    def _spin_service(self) -> None:
+        while self._running:
+            try:
+                self._service_executor.spin_once(timeout_sec=0.25)
+            except Exception as err:  # the context went down under it (shutdown): nothing left to serve
+                if self._running and self.context.ok():
+                    self._error("service_executor", f"service executor failed: {type(err).__name__}: {err}")
+                return
+
     def _on_service(self, request, response):
-        t0 = time.monotonic()
+        """On the service executor thread: hand the request to the worker and wait for its answer."""
+        job = _Request(request, response, time.monotonic())
+        if self.slot.put_request(job):
+            while not job.done.wait(0.25):
+                if not self._running:
+                    break
+            if job.done.is_set():
+                return response
+        response.success = False
+        response.message = "finecaption_node is shutting down"
+        return response
+
+    def _answer(self, job: _Request) -> None:
+        try:
+            self._caption_request(job.request, job.response, job.received)
+        except Exception as err:  # never let the worker die
+            job.response.success = False
+            job.response.message = _bounded(f"captioning failed: {type(err).__name__}: {err}")
+        finally:
+            job.done.set()
+
+    def _caption_request(self, request, response, t0: float) -> None:
         try:
             attributes = list(request.attributes) or None
             result = self.pipeline.process_messages(request.image, request.mask, task=request.task or None,
                                                     attributes=attributes, use_reuse=False)
         except FrameError as err:
             response.success = False
-            response.message = str(err)
-            self.stats.problem("service_errors", f"caption_regions refused: {err}")
-            self._log_problem("service", f"caption_regions request refused ({err.reason}): {err}")
-            return response
+            response.message = _bounded(str(err))
+            self.stats.problem("service_errors", f"caption_regions refused: {response.message}")
+            self._warn("service_refused", f"caption_regions request refused ({err.reason}): {err}")
+            return
         except Exception as err:
             response.success = False
-            response.message = f"captioning failed: {type(err).__name__}: {err}"
+            response.message = _bounded(f"captioning failed: {type(err).__name__}: {err}")
             self.stats.problem("service_errors", response.message)
-            self._log_problem("service", response.message, error=True)
-            return response
+            self._error("service_failed", response.message)
+            return
         response.success = True
         response.result = self.to_message(result, request.image.header)
         response.result.processing_latency = time.monotonic() - t0
         self.stats.count("service_calls")
-        return response
+        with self.stats.lock:
+            self.stats.service_ms.add(response.result.processing_latency * 1e3)
 
     # ----------------------------------------------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
@@ -359,6 +485,7 @@ class FineCaptionNode(Node):
                               else "waiting for paired image + mask frames")
         values = {
             "model_id": self.model_id, "backend": self.backend, "task": p["task"],
+            "inference_threads": inference_threads(p["num_threads"]),
             "images_received": counts.get("images_received", 0), "masks_received": counts.get("masks_received", 0),
             "frames_paired": counts.get("frames_paired", 0), "frames_captioned": counts.get("frames_captioned", 0),
             "frames_dropped": counts.get("frames_dropped", 0), "frames_rejected": counts.get("frames_rejected", 0),
@@ -375,6 +502,8 @@ class FineCaptionNode(Node):
             "latency_max_ms": f"{snap['latency_ms']['max']:.1f}",
             "inference_mean_ms": f"{snap['inference_ms']['mean']:.1f}",
             "overhead_mean_ms": f"{snap['overhead_ms']['mean']:.2f}",
+            "service_latency_p95_ms": f"{snap['service_ms']['p95']:.1f}",
+            "service_queue_depth": p["service_queue_depth"],
             "frame_waiting": int(self.slot.waiting), "pending_images": self.pairer.pending(IMAGE),
             "pending_masks": self.pairer.pending(MASK), "reuse_entries": len(self.pipeline.reuse),
             "rss_mb": f"{_rss_mb():.1f}", "last_problem": snap["last_problem"],
@@ -383,13 +512,26 @@ class FineCaptionNode(Node):
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [status]
-        self.diagnostics_pub.publish(array)
+        self._publish(self.diagnostics_pub, array)
 
     def stop(self) -> None:
+        """Stop the worker and the service thread (before the ROS context goes down: they publish and answer)."""
         self._running = False
-        self.slot.close()
-        if self.worker.is_alive():
-            self.worker.join(timeout=5.0)
+        for job in self.slot.close():
+            job.done.set()  # its caller answers "shutting down"
+        for thread in (self.worker, self._service_thread):
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(timeout=10.0)
+
+    def destroy_node(self) -> None:
+        if hasattr(self, "_service_node"):  # (a node interrupted during start-up has none)
+            self._service_executor.shutdown(timeout_sec=1.0)
+            self._service_node.destroy_node()
+        super().destroy_node()
+
+
+def _bounded(text: str, limit: int = MAX_LOG_LINE) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _stamp_text(msg) -> str:
@@ -404,24 +546,37 @@ def _rss_mb() -> float:
         return 0.0
 
 
+def _interrupt(signum, frame) -> None:
+    """SIGINT / SIGTERM: leave the spin loop once; further signals are ignored while the node stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(args=None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
+    use_large_frame_transport()
+    # rclpy's own handlers would shut the context down at once, under a worker that is still publishing.
+    rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    node = None
     try:
         node = FineCaptionNode()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=0.25)  # returns to Python often enough to take a signal
     except StartupError as err:
         rclpy.logging.get_logger(NODE_NAME).fatal(str(err))
-        rclpy.try_shutdown()
         return 2
-    executor = MultiThreadedExecutor(num_threads=3)
-    executor.add_node(node)
-    try:
-        executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node.stop()
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if node is not None:
+            node.stop()
+            node.destroy_node()
         rclpy.try_shutdown()
     return 0
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import FrameError
+from .errors import FrameError, echo
 
 # encoding -> (channels, RGB channel order within a pixel, or None for grey)
 IMAGE_ENCODINGS = {
@@ -50,7 +50,7 @@ def _layout(msg, table: dict, what: str, max_pixels: int = 0) -> ImageLayout:
     encoding = msg.encoding
     if encoding not in table:
         raise FrameError("unsupported_encoding",
-                         f"{what} encoding {encoding!r} is not supported; use one of {', '.join(table)}")
+                         f"{what} encoding {echo(encoding)} is not supported; use one of {', '.join(table)}")
     if table is IMAGE_ENCODINGS:
         channels, dtype = table[encoding][0], np.dtype(np.uint8)
     else:

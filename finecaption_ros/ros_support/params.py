@@ -6,7 +6,8 @@ import math
 import os
 from dataclasses import dataclass
 
-from ..tasks import ATTRIBUTE_TASK, ATTRIBUTES, TASKS
+from ..tasks import ATTRIBUTE_TASK, ATTRIBUTES, MAX_NEW_TOKENS, MAX_REGIONS, TASKS
+from .errors import echo
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 QOS_PROFILES = ("sensor_data", "reliable", "best_effort")
@@ -39,18 +40,18 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("engine_on_mismatch", "rebuild", "TensorRT plans built for another GPU / TensorRT / model: rebuild "
               "them at start-up, or refuse to start with the command that fixes it", read_only=True,
               choices=("rebuild", "refuse")),
-    ParamSpec("num_threads", 0, "CPU threads for inference; 0 = the library default", read_only=True, minimum=0,
+    ParamSpec("num_threads", 0, "CPU threads for inference; 0 = one per core, less one for DDS and the camera", read_only=True, minimum=0,
               maximum=256),
     ParamSpec("task", "dense", "what to caption: one attribute per region, a dense caption per region, or the whole "
               "image", choices=TASKS),
     ParamSpec("attributes", ["color", "category"], "attribute names for task 'attribute'",
               constraints=f"non-empty for task 'attribute'; known attributes: {', '.join(ATTRIBUTES)}"),
     ParamSpec("max_regions", 16, "caption at most this many regions per frame (the largest); extra ones are "
-              "skipped and counted", minimum=1, maximum=256),
+              "skipped and counted", minimum=1, maximum=MAX_REGIONS),
     ParamSpec("min_region_area", 16, "regions with fewer mask pixels are skipped and counted", minimum=0,
               maximum=1 << 24),
     ParamSpec("max_new_tokens", 0, "caption length limit in tokens; 0 = the model's default", minimum=0,
-              maximum=512),
+              maximum=MAX_NEW_TOKENS),
     ParamSpec("sync_slop", 0.0, "seconds an image and a mask stamp may differ and still pair; 0 = exact",
               minimum=0.0, maximum=10.0),
     ParamSpec("sync_timeout", 2.0, "seconds an image or mask waits for its partner before it is dropped",
@@ -68,6 +69,8 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("reuse_pixel_threshold", 4.0, "maximum mean absolute pixel change (0..255) for reuse", minimum=0.0,
               maximum=255.0),
     ParamSpec("reuse_max_age", 10.0, "seconds a caption may be reused; 0 = no limit", minimum=0.0, maximum=3600.0),
+    ParamSpec("service_queue_depth", 64, "~/caption_regions requests that may wait (DDS history depth); they are "
+              "answered in order, one between each two stream frames", read_only=True, minimum=1, maximum=1000),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", read_only=True, minimum=0.05,
               maximum=60.0),
 )
@@ -75,33 +78,61 @@ NODE_PARAM_NAMES = frozenset(p.name for p in NODE_PARAMS)
 _BY_NAME = {p.name: p for p in NODE_PARAMS}
 
 
+# rcl reads an empty YAML list from the command line as a parameter without a type, which rclpy hands over as None.
+NO_ATTRIBUTES = ("attributes has no value: ROS 2 cannot type an empty list such as `-p attributes:=[]`; give at "
+                 "least one attribute, e.g. -p attributes:=[color] (the list is only used by task 'attribute')")
+
+
+def _type_error(spec: ParamSpec, value) -> str | None:
+    if value is None and spec.name == "attributes":
+        return NO_ATTRIBUTES
+    if value is None:
+        return f"{spec.name} has no value; give a value of type {spec.type_name}"
+    if isinstance(spec.default, list):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            return f"{spec.name} must be a list of strings; got {echo(value)}"
+        return None
+    kinds = (int, float) if isinstance(spec.default, float) else type(spec.default)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and not isinstance(spec.default, bool)):
+        return f"{spec.name} must be of type {spec.type_name}; got {echo(value)}"
+    return None
+
+
 def validate_one(name: str, value, known_attributes=ATTRIBUTES) -> str | None:
     """Why `value` is not acceptable for parameter `name`, or None."""
     spec = _BY_NAME.get(name)
     if spec is None:
         return None
+    reason = _type_error(spec, value)
+    if reason:
+        return reason
     if spec.choices is not None and value not in spec.choices:
-        return f"{name} must be one of {', '.join(spec.choices)}; got {value!r}"
+        return f"{name} must be one of {', '.join(spec.choices)}; got {echo(value)}"
     if isinstance(value, float) and not math.isfinite(value):
         return f"{name} must be a finite number; got {value!r}"
     if spec.minimum is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
         if value < spec.minimum or value > spec.maximum:
             return f"{name} must be within [{spec.minimum}, {spec.maximum}]; got {value!r}"
     if name == "model_path" and value and not os.path.exists(os.path.expanduser(value)):
-        return f"model_path {value!r} does not exist"
+        return f"model_path {echo(value, 300)} does not exist"
     if name == "engine_dir" and value and not os.path.isdir(os.path.expanduser(value)):
-        return f"engine_dir {value!r} is not a folder"
+        return f"engine_dir {echo(value, 300)} is not a folder"
     if name == "attributes":
         unknown = [a for a in value if a not in known_attributes]
         if unknown:
-            return f"unknown attribute(s) {', '.join(map(repr, unknown))}; known: {', '.join(known_attributes)}"
+            return (f"unknown attribute(s) {', '.join(echo(a) for a in unknown[:5])}; "
+                    f"known: {', '.join(known_attributes)}")
         if len(set(value)) != len(value):
             return "attributes lists a name twice"
     return None
 
 
 def validate(changes: dict, current: dict, known_attributes=ATTRIBUTES) -> str | None:
-    """Validate a set of changes against the current values (changes applied together, as in one set call)."""
+    """Why a batch of parameter changes cannot be applied, or None: every value is checked on its own, then the
+    whole batch against the current values, as if all were set at once. So {task: attribute, attributes: [color,
+    texture]} is accepted while attributes is [], though task alone would not be. The node calls this at start-up
+    and for every set-parameters request (rclpy's SetParameters hands its callback one parameter at a time,
+    SetParametersAtomically the whole batch)."""
     for name, value in changes.items():
         reason = validate_one(name, value, known_attributes)
         if reason:
@@ -159,7 +190,7 @@ def validate_source(name: str, value) -> str | None:
     if spec is None:
         return None
     if spec.choices is not None and value not in spec.choices:
-        return f"{name} must be one of {', '.join(spec.choices)}; got {value!r}"
+        return f"{name} must be one of {', '.join(spec.choices)}; got {echo(value)}"
     if spec.minimum is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
         if value < spec.minimum or value > spec.maximum:
             return f"{name} must be within [{spec.minimum}, {spec.maximum}]; got {value!r}"

@@ -57,6 +57,7 @@ class NodeStats:
         self.latency_ms = Samples()
         self.inference_ms = Samples()
         self.overhead_ms = Samples()
+        self.service_ms = Samples()
         self.last_problem = ""
         self.problems_since_report = 0
 
@@ -92,6 +93,7 @@ class NodeStats:
                 "latency_ms": self.latency_ms.summary(),
                 "inference_ms": self.inference_ms.summary(),
                 "overhead_ms": self.overhead_ms.summary(),
+                "service_ms": self.service_ms.summary(),
                 "last_problem": self.last_problem,
                 "problems_since_report": self.problems_since_report,
             }

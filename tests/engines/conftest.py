@@ -14,17 +14,20 @@ pytest.importorskip("onnxruntime")
 
 @pytest.fixture(scope="session")
 def onnx_dir(random_model_dir, tmp_path_factory):
-    """The random model exported once, through `finecaption export-onnx` (so the CLI path is covered too)."""
+    """The random model exported once, through `finecaption export-onnx` (so the CLI path is covered too): fp32
+    graphs, and the fp16 ones in its fp16/ subdirectory, where the TensorRT builder looks for them."""
     from finecaption_ros.engines.cli import main
 
     out = tmp_path_factory.mktemp("onnx_export")
     assert main(["export-onnx", "--model", str(random_model_dir), "--out", str(out)]) == 0
+    assert main(["export-onnx", "--model", str(random_model_dir), "--out", str(out / "fp16"),
+                 "--precision", "fp16"]) == 0
     return out
 
 
 @pytest.fixture(scope="session")
 def parity_model_dir(random_model_dir):
-    from finecaption_ros.captioner import DEFAULT_MODEL_DIR
+    from finecaption_ros.model.finecaption import DEFAULT_MODEL_DIR
 
     explicit = os.environ.get("FINECAPTION_PARITY_MODEL")
     if explicit:
@@ -53,3 +56,15 @@ def restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def parity_fp16_dir(parity_model_dir, random_model_dir, onnx_dir, tmp_path_factory):
+    """The parity model's fp16 graphs."""
+    if parity_model_dir == random_model_dir:
+        return onnx_dir / "fp16"
+    from finecaption_ros.engines.export import export_onnx
+
+    out = tmp_path_factory.mktemp("parity_onnx_fp16")
+    export_onnx(parity_model_dir, out, precision="fp16")
+    return out

@@ -130,3 +130,55 @@ def test_missing_or_foreign_exports_raise_with_the_fix(random_model_dir, onnx_di
     (foreign / "decoder_step.onnx").unlink()
     with pytest.raises(OnnxExportMissingError, match="lacks decoder_step.onnx"):
         read_onnx_manifest(foreign)
+
+
+def test_forced_external_data_exports_one_data_file_per_graph_and_the_decoders_share_theirs(random_model_dir,
+                                                                                           onnx_dir, tmp_path):
+    """What graphs over ONNX's 2 GiB limit get, forced on the small model: weights in external data (one file per
+    graph, one shared by the two decoder graphs), hashed into the manifest, run by ONNX Runtime, op-checked."""
+    import numpy as np
+    import torch
+
+    from finecaption_ros.engines.cli import main
+    from finecaption_ros.engines.export import DECODER_DATA, example_inputs, relative_error
+    from finecaption_ros.engines.ort_backend import OnnxRuntimeBackend
+    from finecaption_ros.model.finecaption import FineCaptionModel
+
+    out = tmp_path / "external"
+    assert main(["export-onnx", "--model", str(random_model_dir), "--out", str(out), "--external-data"]) == 0
+    manifest = read_onnx_manifest(out)
+    inline = read_onnx_manifest(onnx_dir)
+    for name, graph in manifest["graphs"].items():
+        expected = [DECODER_DATA] if name.startswith("decoder") else [f"{name}.onnx.data"]
+        assert graph["data"] == expected
+        assert (out / graph["file"]).stat().st_size < 0.1 * inline["graphs"][name]["bytes"]  # weights are outside
+        assert graph["sha256"] == graph_sha256(out / graph["file"]) != graph_sha256(out / graph["file"], [])
+        assert graph_problems(out / graph["file"]) == []
+    # the decoder weights are on disk once: the shared file is about one decoder graph's weights, not two
+    shared = (out / DECODER_DATA).stat().st_size
+    assert shared < 1.2 * inline["graphs"]["decoder_prefill"]["bytes"]
+    assert manifest["bytes"] < sum(g["bytes"] for g in manifest["graphs"].values())
+    assert max(manifest["verification"].values()) < 1e-4
+
+    model = FineCaptionModel.from_pretrained(random_model_dir)
+    x = example_inputs(model, frames=1, regions=4, seed=6)
+    x["frame_index"] = torch.zeros(4, dtype=torch.long)
+    results = []
+    for directory in (out, onnx_dir):
+        backend = OnnxRuntimeBackend(directory, num_threads=1)
+        visual = backend.visual_tokens(x["lr"], x["masks"], x["boxes"], backend.encode_frames(x["hr"]),
+                                       x["frame_index"])
+        attention = np.ones((4, visual.shape[1] + 5), dtype=np.int64)
+        logits = backend.decoder_session().prefill(visual, x["prompt_ids"].numpy(), attention,
+                                                   np.cumsum(attention, 1) - 1)
+        results.append((visual, logits))
+    assert relative_error(results[0][0], results[1][0]) < 1e-6 and relative_error(results[0][1], results[1][1]) < 1e-6
+
+    # a data file is part of the graph: changed, the sha256 differs; missing, the export is refused with the fix
+    before = graph_sha256(out / "frame_encoder.onnx")
+    with open(out / "frame_encoder.onnx.data", "r+b") as handle:
+        handle.write(b"\x01\x02")
+    assert graph_sha256(out / "frame_encoder.onnx") != before
+    (out / DECODER_DATA).unlink()
+    with pytest.raises(OnnxExportMissingError, match=f"lacks {DECODER_DATA}"):
+        read_onnx_manifest(out)

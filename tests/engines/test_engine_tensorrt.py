@@ -18,7 +18,8 @@ from finecaption_ros.captioner import Captioner
 from finecaption_ros.engines import BackendUnavailableError, PlanLoadError, PlanMismatchError, load_backend
 from finecaption_ros.engines import trt_backend, trt_build
 from finecaption_ros.engines.cli import main as cli_main
-from finecaption_ros.engines.manifest import PlanLimits, PlanManifest, RuntimeTarget, plan_key, read_onnx_manifest
+from finecaption_ros.engines.manifest import (PlanLimits, PlanManifest, RuntimeTarget, plan_key, read_graphs,
+                                             read_onnx_manifest)
 from finecaption_ros.engines.graphs import GRAPHS
 
 ORIN = ("NVIDIA Jetson AGX Orin", "8.7")
@@ -69,7 +70,7 @@ def onnx_copy(onnx_dir, tmp_path):
 
 
 def write_plans(onnx_dir, target, limits=None, plan_dir=None, sha_override=None):
-    manifest = read_onnx_manifest(onnx_dir)
+    manifest = read_graphs(onnx_dir, target.precision)[1]
     plan_dir = plan_dir or onnx_dir / "tensorrt" / plan_key(target)
     plan_dir.mkdir(parents=True, exist_ok=True)
     for name in manifest["graphs"]:
@@ -218,7 +219,9 @@ def test_without_tensorrt_the_backend_says_how_to_get_it(random_model_dir, onnx_
                     lambda: Captioner.from_pretrained(random_model_dir, backend="tensorrt", engine_dir=onnx_dir)):
         with pytest.raises(BackendUnavailableError) as missing:
             attempt()
-        assert "pip install 'tensorrt>=10'" in str(missing.value) and "onnxruntime" in str(missing.value)
+        message = str(missing.value)
+        assert "pip install 'tensorrt-cu12>=10,<11.5'" in message and "python3-libnvinfer" in message
+        assert "onnxruntime" in message
     assert cli_main(["build-engine", "--onnx", str(onnx_dir)]) == 1
     assert "needs NVIDIA TensorRT >= 10" in capsys.readouterr().err
 
@@ -245,7 +248,8 @@ def test_no_gpu_is_reported(monkeypatch):
 
 # ---- profiles and trtexec ----------------------------------------------------------------------------------------
 def test_every_dynamic_axis_gets_a_profile_and_trtexec_commands_match(onnx_dir, tmp_path):
-    manifest = read_onnx_manifest(onnx_dir)
+    graphs, manifest = read_graphs(onnx_dir, "fp16")
+    assert graphs == onnx_dir / "fp16"
     limits = PlanLimits(max_regions=12, max_batch=40, max_prompt=20, max_new_tokens=30)
     ranges = trt_build.axis_ranges(manifest, limits)
     visual = manifest["num_visual_tokens"]
@@ -254,7 +258,8 @@ def test_every_dynamic_axis_gets_a_profile_and_trtexec_commands_match(onnx_dir, 
     commands = trt_build.trtexec_commands(onnx_dir, tmp_path / "plans", "fp16", limits, 2048, tmp_path / "t.cache")
     assert len(commands) == len(manifest["graphs"])
     for command, (name, graph) in zip(commands, manifest["graphs"].items()):
-        assert f"--saveEngine={tmp_path / 'plans' / name}.plan" in command and "--fp16" in command
+        assert f"--onnx={graphs / graph['file']} " in command and f"--saveEngine={tmp_path / 'plans' / name}.plan" in command
+        assert "--stronglyTyped" in command and "--fp16" not in command  # the precision is the graph's
         assert "--memPoolSize=workspace:2048M" in command and f"--timingCacheFile={tmp_path}/t.cache" in command
         shapes = trt_build.profile_shapes(graph, ranges)
         dynamic = [i["name"] for i in graph["inputs"] if any(isinstance(d, str) for d in i["shape"])]

@@ -13,6 +13,10 @@ os.environ["ROS_DOMAIN_ID"] = os.environ.get("FINECAPTION_TEST_DOMAIN_ID") or st
 os.environ["RMW_IMPLEMENTATION"] = "rmw_fastrtps_cpp"
 os.environ.pop("ROS_STATIC_PEERS", None)
 os.environ.pop("ROS_LOCALHOST_ONLY", None)
+# Camera-sized frames from this (publishing) process need the node's Fast DDS profile too (ros_support/dds.py).
+from finecaption_ros.ros_support.dds import use_large_frame_transport  # noqa: E402
+
+use_large_frame_transport()
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # tests/ros/fakes.py, tests/ros/rosharness.py

@@ -126,7 +126,7 @@ def _string_message(text: str):
 
 
 @pytest.mark.parametrize("case", ["missing", "no_metadata", "truncated_sqlite3", "truncated_mcap", "corrupt_sqlite3",
-                                  "missing_topic", "wrong_type", "output_exists"])
+                                  "missing_topic", "wrong_type", "output_exists", "same_topic"])
 def test_bad_bags_give_one_clear_error(tmp_path, frames, case):
     bag = tmp_path / "bag"
     image_topic, out = IMAGE_TOPIC, tmp_path / "out"
@@ -154,6 +154,10 @@ def test_bad_bags_give_one_clear_error(tmp_path, frames, case):
         write_bag(bag, frames[:1], extra=("/chatter", "std_msgs/msg/String", _string_message("hi")))
         image_topic = "/chatter"
         expect = "'/chatter' in bag"
+    elif case == "same_topic":
+        write_bag(bag, frames[:1])
+        image_topic = MASK_TOPIC
+        expect = "both /segmenter/instances"
     else:
         write_bag(bag, frames[:1])
         out.mkdir()
@@ -182,6 +186,7 @@ def test_cli_captions_a_bag_with_progress_and_errors_in_one_line(tmp_path, frame
     assert run.returncode == 2
     errors = [line for line in run.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "no topic '/nope'" in errors[0] and "--mask-topic" in errors[0], run.stderr
+    assert errors[0].startswith("finecaption: error: "), errors  # the CLI's one error path
 
 
 # ------------------------------------------------------------------------------------------------- mono8

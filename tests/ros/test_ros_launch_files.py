@@ -44,6 +44,9 @@ class LaunchConfiguration(Recorded):
         super().__init__(variable_name, default=default)
         self.name = variable_name
 
+    def perform(self, context):
+        return context.launch_configurations[self.name]
+
 
 class DeclareLaunchArgument(Recorded):
     def __init__(self, name, *, default_value=None, description=None, choices=None):
@@ -58,12 +61,29 @@ class LaunchDescription(Recorded):
 
 
 class Node(Recorded):
-    # The keyword arguments of launch_ros.actions.Node.
+    # The keyword arguments of launch_ros.actions.Node (and of the ExecuteProcess it extends).
     def __init__(self, *, executable, package=None, name=None, namespace=None, exec_name=None, parameters=None,
                  remappings=None, ros_arguments=None, arguments=None, output="log", condition=None,
-                 respawn=False, respawn_delay=None, emulate_tty=False, additional_env=None):
+                 respawn=False, respawn_delay=None, emulate_tty=False, additional_env=None, on_exit=None):
         super().__init__(executable=executable, package=package, name=name, parameters=parameters or [],
-                         remappings=remappings or [], condition=condition, output=output)
+                         remappings=remappings or [], condition=condition, output=output, on_exit=on_exit)
+
+
+class OpaqueFunction(Recorded):
+    def __init__(self, *, function, args=None, kwargs=None):
+        super().__init__(function=function)
+        self.function = function
+
+
+class SetEnvironmentVariable(Recorded):
+    def __init__(self, name, value):
+        super().__init__(name, value)
+        self.name, self.value = name, value
+
+
+class Shutdown(Recorded):
+    def __init__(self, *, reason="reason not given"):
+        super().__init__(reason=reason)
 
 
 class ParameterValue(Recorded):
@@ -84,7 +104,8 @@ class PythonExpression(Recorded):
 
 STANDINS = {
     "launch": {"LaunchDescription": LaunchDescription},
-    "launch.actions": {"DeclareLaunchArgument": DeclareLaunchArgument},
+    "launch.actions": {"DeclareLaunchArgument": DeclareLaunchArgument, "OpaqueFunction": OpaqueFunction,
+                       "SetEnvironmentVariable": SetEnvironmentVariable, "Shutdown": Shutdown},
     "launch.conditions": {"IfCondition": IfCondition, "UnlessCondition": IfCondition},
     "launch.substitutions": {"LaunchConfiguration": LaunchConfiguration, "PythonExpression": PythonExpression},
     "launch_ros": {},
@@ -173,6 +194,59 @@ def test_launch_argument_defaults_are_valid_parameter_values(monkeypatch):
     assert validate_one("backend", defaults["backend"]) is None
     assert defaults["model"] == ""  # the embedded default model
     assert defaults["camera"] == "none"
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_launch_arguments_with_fixed_values_have_choices(path, monkeypatch):
+    """`ros2 launch` itself refuses backend:=bogus, task:=bogus or camera:=bogus, before anything starts."""
+    from finecaption_ros.ros_support.params import BACKENDS
+    from finecaption_ros.tasks import TASKS
+
+    description = load_launch(path, monkeypatch)
+    choices = {e.name: e.kwargs["choices"] for e in description.entities if isinstance(e, DeclareLaunchArgument)}
+    assert choices["backend"] == list(BACKENDS) and choices["task"] == list(TASKS)
+    if "camera" in choices:
+        assert choices["camera"] == ["none", *CAMERA_DRIVERS]
+    for name, allowed in choices.items():
+        if allowed:
+            default = next(e.kwargs["default_value"] for e in description.entities
+                           if isinstance(e, DeclareLaunchArgument) and e.name == name)
+            assert default in allowed, name
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_the_launch_ends_when_the_captioner_exits_and_cameras_start_first(path, monkeypatch):
+    from finecaption_ros.ros_support.dds import PROFILE_VARIABLE
+
+    description = load_launch(path, monkeypatch)
+    nodes = [e for e in description.entities if isinstance(e, Node)]
+    captioners = [n for n in nodes if n.kwargs["executable"] == "finecaption_node"]
+    assert len(captioners) == 1
+    assert isinstance(captioners[0].kwargs["on_exit"], Shutdown), "the launch must end when the captioner exits"
+    position = description.entities.index(captioners[0])
+    for node in nodes:  # camera drivers and the demo source start before the captioner
+        if node.kwargs["executable"] in set(CAMERA_DRIVERS.values()) | {"finecaption_source"}:
+            assert description.entities.index(node) < position
+    # The frames' Fast DDS profile is in the environment of every process it starts.
+    env = [i for i, e in enumerate(description.entities) if isinstance(e, SetEnvironmentVariable)
+           and e.name == PROFILE_VARIABLE]
+    assert env and env[0] < min(description.entities.index(n) for n in nodes)
+    assert Path(description.entities[env[0]].value).is_file()
+
+
+def test_a_camera_that_is_not_installed_is_refused_before_anything_starts(monkeypatch):
+    monkeypatch.setenv("AMENT_PREFIX_PATH", sys.prefix)  # as a sourced ROS environment has it
+    description = load_launch(ROOT / "launch" / "finecaption.launch.py", monkeypatch)
+    checks = [e for e in description.entities if isinstance(e, OpaqueFunction)]
+    assert len(checks) == 1
+    first_node = min(i for i, e in enumerate(description.entities) if isinstance(e, Node))
+    assert description.entities.index(checks[0]) < first_node
+    context = types.SimpleNamespace(launch_configurations={"camera": "none"})
+    assert checks[0].function(context) == []
+    for camera in CAMERA_DRIVERS:  # neither driver is installed in this venv
+        context.launch_configurations["camera"] = camera
+        with pytest.raises(RuntimeError, match=f"camera:={camera} needs the ROS package '{camera}'"):
+            checks[0].function(context)
 
 
 def test_stand_in_node_matches_the_documented_keywords():

@@ -1,6 +1,8 @@
 """Start-up: clear errors for a missing model and invalid parameters; the installed executable runs."""
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,6 +40,7 @@ def test_missing_model_path_is_a_clear_startup_error(tmp_path):
     ("max_regions", "0", "max_regions"),
     ("attributes", "[smell]", "unknown attribute"),
     ("task", "attribute -p attributes:=['']", "unknown attribute"),
+    ("attributes", "[]", "attributes has no value: ROS 2 cannot type an empty list"),
 ])
 def test_invalid_startup_parameters_are_refused(tmp_path, param, value, text):
     cmd = node_command() + ["-p", f"{param}:={value.split(' -p ')[0]}"]
@@ -46,6 +49,48 @@ def test_invalid_startup_parameters_are_refused(tmp_path, param, value, text):
     code, log = run_to_exit(cmd, tmp_path)
     assert code == 2, log
     assert text in log and "Traceback" not in log
+
+
+def _model_copy(tmp_path) -> Path:
+    from finecaption_ros.captioner import DEFAULT_MODEL_DIR
+
+    directory = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, directory)
+    return directory
+
+
+def _fatal_line(code: int, log: str) -> str:
+    """A start-up that fails says so in one FATAL line, with no traceback, and exits 2."""
+    assert code == 2, log
+    assert "Traceback" not in log, log
+    fatal = [line for line in log.splitlines() if "FATAL" in line]
+    assert len(fatal) == 1, log
+    return fatal[0]
+
+
+@pytest.mark.parametrize("damage,named,text", [
+    ("truncated_weights", "model.safetensors", "is corrupt or truncated"),
+    ("empty_config", "config.json", "missing FineCaption config keys"),
+    ("custom_code", "tokenizer_config.json", "names custom code to run"),
+])
+def test_a_damaged_model_is_one_fatal_line_naming_the_file(tmp_path, damage, named, text):
+    model = _model_copy(tmp_path)
+    marker = tmp_path / "code_ran"
+    if damage == "truncated_weights":
+        weights = model / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100_000])
+    elif damage == "empty_config":
+        (model / "config.json").write_text("{}")
+    else:
+        (model / "evil.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n")
+        settings = json.loads((model / "tokenizer_config.json").read_text())
+        settings.update(auto_map={"AutoTokenizer": ["evil.EvilTokenizer", None]}, tokenizer_class="EvilTokenizer")
+        (model / "tokenizer_config.json").write_text(json.dumps(settings))
+    code, log = run_to_exit(node_command({"model_path": str(model)}), tmp_path)
+    line = _fatal_line(code, log)
+    assert f"{model / named}" in line and text in line, line
+    assert "re-save the model" in line or "never runs code" in line  # and the fix
+    assert not marker.exists()
 
 
 def test_model_folder_without_a_model_is_refused(tmp_path):

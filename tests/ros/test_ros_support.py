@@ -12,7 +12,7 @@ from fakes import FakeCaptioner
 
 from finecaption_ros.ros_support import image_codec as codec
 from finecaption_ros.ros_support.annotate import annotate
-from finecaption_ros.ros_support.errors import FrameError
+from finecaption_ros.ros_support.errors import ECHO_LIMIT, LINE_LIMIT, FrameError, echo
 from finecaption_ros.ros_support.latest import LatestSlot
 from finecaption_ros.ros_support.pairing import IMAGE, MASK, StampPairer
 from finecaption_ros.ros_support.params import NODE_PARAMS, validate
@@ -105,6 +105,21 @@ def test_negative_32sc1_labels_are_refused():
     with pytest.raises(FrameError) as err:
         codec.decode_mask(msg)
     assert err.value.reason == "bad_mask"
+
+
+def test_a_long_encoding_is_not_echoed_whole():
+    msg = msg_from(codec.encode(RGB, "rgb8"), encoding="e" * 10_000)
+    with pytest.raises(FrameError) as err:
+        codec.decode_image(msg)
+    assert err.value.reason == "unsupported_encoding"
+    line = str(err.value)
+    assert line.startswith("image encoding 'eeee") and "(10000 characters)" in line and "use one of rgb8" in line
+    assert len(line) < 200
+
+
+def test_frame_error_messages_are_bounded():
+    line = str(FrameError("captioner_error", "captioner refused the frame: unknown attribute " + "q" * 50_000))
+    assert len(line) == LINE_LIMIT and line.startswith("captioner refused") and line.endswith("characters)")
 
 
 def test_mask_encoding_of_an_rgb_image_is_unsupported():
@@ -314,6 +329,54 @@ def test_parameter_validation():
     # Declared one at a time: task first (attributes not declared yet), then attributes.
     assert validate({"task": "attribute"}, {}) is None
     assert "non-empty" in validate({"attributes": []}, {"task": "attribute"})
+
+
+def test_a_batch_of_parameter_changes_is_validated_as_a_whole():
+    current = {**{s.name: s.default for s in NODE_PARAMS}, "task": "dense", "attributes": []}
+    # alone, the task is refused against the current (empty) list; with the new list in the same batch it is not
+    assert "non-empty" in validate({"task": "attribute"}, current)
+    assert validate({"task": "attribute", "attributes": ["color", "texture"]}, current) is None
+    assert validate({"attributes": ["color", "texture"], "task": "attribute"}, current) is None  # in either order
+    # one bad value refuses the whole batch, and the reason names it
+    assert "unknown attribute(s) 'smell'" in validate({"task": "attribute", "attributes": ["smell"]}, current)
+    assert "max_regions" in validate({"task": "attribute", "attributes": ["color"], "max_regions": 0}, current)
+    # emptying the list while asking for attributes is refused however it is split
+    attribute = {**current, "task": "attribute", "attributes": ["color"]}
+    assert "non-empty" in validate({"attributes": []}, attribute)
+    assert validate({"task": "dense", "attributes": []}, attribute) is None
+    # a model's own attribute names replace the built-in ones
+    assert validate({"attributes": ["material"]}, current, known_attributes=("material",)) is None
+    assert "unknown attribute" in validate({"attributes": ["color"]}, current, known_attributes=("material",))
+
+
+def test_an_empty_attributes_list_from_the_command_line_is_named():
+    # rcl gives `-p attributes:=[]` no type; rclpy passes its value as None
+    reason = validate({"attributes": None}, {"task": "dense"})
+    assert "attributes has no value" in reason and "-p attributes:=[color]" in reason
+    assert "NoneType" not in reason
+
+
+@pytest.mark.parametrize("name,value,text", [
+    ("max_regions", "16", "max_regions must be of type int"),
+    ("max_regions", True, "max_regions must be of type int"),
+    ("sync_slop", "0.1", "sync_slop must be of type float"),
+    ("attributes", "color", "attributes must be a list of strings"),
+    ("attributes", ["color", 3], "attributes must be a list of strings"),
+    ("publish_annotated", 1, "publish_annotated must be of type bool"),
+    ("task", None, "task has no value"),
+])
+def test_parameter_values_of_the_wrong_type_are_refused(name, value, text):
+    assert text in validate({name: value}, {s.name: s.default for s in NODE_PARAMS})
+
+
+def test_echoed_values_are_bounded():
+    current = {s.name: s.default for s in NODE_PARAMS}
+    reason = validate({"task": "x" * 10_000}, current)
+    assert reason.startswith("task must be one of") and len(reason) < 200 and "(10000 characters)" in reason
+    assert len(validate({"attributes": ["y" * 10_000] * 50}, current)) < 600
+    assert echo("short") == "'short'"
+    assert len(echo("z" * 10_000)) == ECHO_LIMIT and echo("z" * 10_000).endswith("... (10000 characters)")
+    assert len(echo("z" * 10_000, 200)) == 200
 
 
 # ---------------------------------------------------------------------------------------------------- sources
