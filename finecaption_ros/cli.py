@@ -101,8 +101,7 @@ def _caption_bag(args) -> int:
         raise CommandError("--bag needs --image-topic, --mask-topic and --out")
     if args.image or args.masks or args.demo_seed is not None:
         raise CommandError("give either --bag or --image/--masks/--demo-seed, not both")
-    # BagError (a ValueError) takes the one error path: a bad bag fails here, before the model loads.
-    check_topics(args.bag, args.image_topic, args.mask_topic)
+    check_topics(args.bag, args.image_topic, args.mask_topic)  # a bad bag fails before the model loads
     from .captioner import Captioner
 
     captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir)

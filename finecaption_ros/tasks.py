@@ -1,4 +1,4 @@
-"""The three FineCaption tasks, the attribute vocabulary and every prompt template, in one place.
+"""The three FineCaption tasks, the attribute vocabulary, every prompt template and the input limits, in one place.
 
 Attribute names follow CompositionCap where they apply; the synthetic scenes in `data/scenes.py` produce exactly
 these attributes, and a model trained on real CompositionCap data may answer any attribute name it was trained on.

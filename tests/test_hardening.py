@@ -390,3 +390,11 @@ def test_a_model_path_that_is_a_file_is_named_as_such(tmp_path, capsys):
     (tmp_path / "model.safetensors").write_bytes(b"x")
     assert main(["caption", "--model", str(tmp_path / "model.safetensors"), "--demo-seed", "1"]) == 2
     assert "model.safetensors is a file, not a folder" in _one_error_line(capsys)
+
+
+def test_the_engines_subcommands_take_the_same_path(model_copy, tmp_path, capsys):
+    _damage(model_copy, "weights_truncated")
+    assert main(["export-onnx", "--model", str(model_copy), "--out", str(tmp_path / "onnx")]) == 2
+    assert "model.safetensors is corrupt or truncated" in _one_error_line(capsys)
+    assert main(["plan-memory", "--config", str(tmp_path / "missing.json")]) == 2
+    assert "no FineCaption config" in _one_error_line(capsys)

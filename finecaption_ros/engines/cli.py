@@ -5,12 +5,11 @@ parser default. `python -m finecaption_ros.engines.cli ...` runs them standalone
 """
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from pathlib import Path
 
-from ..cli_args import output_dir
+from ..cli_args import ArgumentParser, CommandError, output_dir, run
 from .manifest import PRECISIONS, EngineError, PlanLimits
 
 _LIMIT_HELP = {
@@ -110,8 +109,7 @@ def run_export(args) -> int:
         manifest = export_onnx(model, out, opset=args.opset, verify=not args.no_verify, progress=_say,
                                precision=args.precision, external_data=True if args.external_data else None)
     except (FileNotFoundError, ValueError, NotImplementedError, RuntimeError) as error:
-        print(f"export-onnx: {error}", file=sys.stderr)
-        return 1
+        raise CommandError(str(error)) from None
     errors = manifest.get("verification", {})
     print(f"\n{'graph':<18}{'MiB':>8}{'export s':>10}{'rel. error vs torch':>22}")
     for name, graph in manifest["graphs"].items():
@@ -130,8 +128,7 @@ def run_plan_memory(args) -> int:
         config = load_config(args.config or _default_model())
         print(report(config, args.regions, args.max_new_tokens, args.precision, args.prompt, args.attributes))
     except (FileNotFoundError, ValueError) as error:
-        print(f"plan-memory: {error}", file=sys.stderr)
-        return 2
+        raise CommandError(str(error)) from None
     return 0
 
 
@@ -166,8 +163,7 @@ def run_build(args) -> int:
         _print_trtexec(onnx_dir, plan_dir, args, limits, cache)
         return 0
     except (EngineError, FileNotFoundError, ValueError, RuntimeError) as error:
-        print(f"build-engine: {error}", file=sys.stderr)
-        return 1
+        raise CommandError(str(error)) from None
 
 
 def _plan_dir_guess(onnx_dir: Path, precision: str, device: int) -> Path:
@@ -190,10 +186,9 @@ def _print_trtexec(onnx_dir: Path, plan_dir: Path, args, limits: PlanLimits, cac
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="finecaption")
+    parser = ArgumentParser(prog="finecaption")
     register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return run(parser, argv)
 
 
 if __name__ == "__main__":

@@ -222,7 +222,7 @@ def test_without_tensorrt_the_backend_says_how_to_get_it(random_model_dir, onnx_
         message = str(missing.value)
         assert "pip install 'tensorrt-cu12>=10,<11.5'" in message and "python3-libnvinfer" in message
         assert "onnxruntime" in message
-    assert cli_main(["build-engine", "--onnx", str(onnx_dir)]) == 1
+    assert cli_main(["build-engine", "--onnx", str(onnx_dir)]) == 2
     assert "needs NVIDIA TensorRT >= 10" in capsys.readouterr().err
 
 

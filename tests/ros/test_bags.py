@@ -213,3 +213,17 @@ def test_bgr_and_rgba_frames_become_the_same_mono8(frames):
         assert np.array_equal(np.frombuffer(grey["data"], np.uint8).reshape(want.shape), want), encoding
     decoded = image_codec.decode_image(image_message(image_codec.encode(rgb, "rgb8")))
     assert decoded.flags.writeable and decoded.flags.c_contiguous  # a copy, even of a read-only buffer
+
+
+def test_cli_bag_errors_and_attributes_take_the_one_error_path(tmp_path, frames, capsys):
+    from finecaption_ros.cli import main
+
+    bag = tmp_path / "in"
+    write_bag(bag, frames[:1], "mcap")
+    assert main(["caption", "--bag", str(bag), "--image-topic", IMAGE_TOPIC]) == 2
+    err = capsys.readouterr().err
+    assert err == "finecaption: error: --bag needs --image-topic, --mask-topic and --out\n"
+    assert main(["caption", "--bag", str(bag), "--image-topic", IMAGE_TOPIC, "--mask-topic", MASK_TOPIC,
+                 "--out", str(tmp_path / "out"), "--task", "attribute", "--attributes", "color,category"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out" / JSONL_NAME).read_text().splitlines()]
+    assert rows and {c["attribute"] for c in rows[0]["captions"]} == {"color", "category"}
