@@ -99,6 +99,8 @@ def _caption_bag(args) -> int:
 
     if not (args.image_topic and args.mask_topic and args.out):
         raise CommandError("--bag needs --image-topic, --mask-topic and --out")
+    if args.image or args.masks or args.demo_seed is not None:
+        raise CommandError("give either --bag or --image/--masks/--demo-seed, not both")
     check_topics(args.bag, args.image_topic, args.mask_topic)  # a bad bag fails before the model loads
     from .captioner import Captioner
 

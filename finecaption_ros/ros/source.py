@@ -25,6 +25,7 @@ from sensor_msgs.msg import Image, RegionOfInterest
 from finecaption_ros.msg import RegionCaption, RegionCaptionArray
 
 from ..ros_support.bags import BagError, bag_topics, read_messages
+from ..ros_support.dds import use_large_frame_transport
 from ..ros_support.image_codec import encode
 from ..ros_support.params import SOURCE_PARAMS, validate_source
 from ..ros_support.sources import SourceError, open_source
@@ -187,6 +188,7 @@ def _parse_args(argv: list[str]) -> tuple[list[str], list]:
 def main(args=None) -> int:
     argv = list(args if args is not None else sys.argv)
     argv, overrides = _parse_args(argv)
+    use_large_frame_transport()  # this process publishes the frames: the side that needs the profile most
     rclpy.init(args=argv)
     try:
         node = SourceNode(parameter_overrides=overrides)

@@ -312,6 +312,10 @@ def caption_bag(bag: str | Path, out: str | Path, captioner, image_topic: str, m
         raise BagError(f"output storage {storage!r} is not one of {', '.join(STORAGES)}")
     if out.exists():
         raise BagError(f"output {out} exists already; choose a new folder for --out (rosbag2 never overwrites)")
+    if image_topic == mask_topic:
+        raise BagError(f"--image-topic and --mask-topic are both {image_topic}; the masks need their own topic")
+    if not 0.0 <= sync_slop <= 10.0:
+        raise BagError(f"sync slop {sync_slop} s is outside [0, 10] s (the node's sync_slop range)")
     config = replace(config or PipelineConfig(), task=task, caption_reuse=False,
                      attributes=tuple(attributes) if attributes else (config or PipelineConfig()).attributes)
     pipeline = CaptionPipeline(captioner, config)
@@ -332,7 +336,7 @@ def caption_bag(bag: str | Path, out: str | Path, captioner, image_topic: str, m
         counts = {c.topic: 0 for c in reader.connections}
         for c in reader.connections:
             counts[c.topic] += c.msgcount
-        total = min(counts[image_topic], counts[mask_topic]) if image_topic != mask_topic else counts[image_topic]
+        total = min(counts[image_topic], counts[mask_topic])
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
         writer = Writer(out, version=9, storage_plugin=plugin)
         try:

@@ -126,7 +126,7 @@ def _string_message(text: str):
 
 
 @pytest.mark.parametrize("case", ["missing", "no_metadata", "truncated_sqlite3", "truncated_mcap", "corrupt_sqlite3",
-                                  "missing_topic", "wrong_type", "output_exists"])
+                                  "missing_topic", "wrong_type", "output_exists", "same_topic"])
 def test_bad_bags_give_one_clear_error(tmp_path, frames, case):
     bag = tmp_path / "bag"
     image_topic, out = IMAGE_TOPIC, tmp_path / "out"
@@ -154,6 +154,10 @@ def test_bad_bags_give_one_clear_error(tmp_path, frames, case):
         write_bag(bag, frames[:1], extra=("/chatter", "std_msgs/msg/String", _string_message("hi")))
         image_topic = "/chatter"
         expect = "'/chatter' in bag"
+    elif case == "same_topic":
+        write_bag(bag, frames[:1])
+        image_topic = MASK_TOPIC
+        expect = "both /segmenter/instances"
     else:
         write_bag(bag, frames[:1])
         out.mkdir()
@@ -182,15 +186,18 @@ def test_cli_captions_a_bag_with_progress_and_errors_in_one_line(tmp_path, frame
     assert run.returncode == 2
     errors = [line for line in run.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "no topic '/nope'" in errors[0] and "--mask-topic" in errors[0], run.stderr
+    assert errors[0].startswith("finecaption: error: "), errors  # the CLI's one error path
 
 
 # ------------------------------------------------------------------------------------------------- mono8
 def test_mono8_uses_the_opencv_luma_weights():
-    # cv2.cvtColor(..., COLOR_RGB2GRAY) gives these for pure red, green, blue, white, black and a grey.
-    rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255], [0, 0, 0], [128, 128, 128]]],
-                   dtype=np.uint8)
-    assert image_codec.rgb_to_mono8(rgb).tolist() == [[76, 150, 29, 255, 0, 128]]
-    assert np.asarray(image_codec.encode(rgb, "mono8")["data"]).tolist() == [76, 150, 29, 255, 0, 128]
+    # cv2.cvtColor(..., COLOR_RGB2GRAY) of opencv-python-headless 4.6 and 5.0 gives these: pure red, green, blue,
+    # white, black, a grey, then four colours where OpenCV's old 14-bit weights would give one more or one less.
+    rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255], [0, 0, 0], [128, 128, 128],
+                     [138, 167, 72], [48, 17, 212], [230, 156, 247], [21, 13, 242]]], dtype=np.uint8)
+    opencv = [76, 150, 29, 255, 0, 128, 148, 48, 188, 41]
+    assert image_codec.rgb_to_mono8(rgb).tolist() == [opencv]
+    assert np.asarray(image_codec.encode(rgb, "mono8")["data"]).tolist() == opencv
     # Within rounding of the float weights everywhere, and not the channel mean (red would be 85).
     pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     exact = pixels.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
