@@ -43,6 +43,9 @@ def register(subparsers) -> None:
                         help="fp32 (default), or fp16: fp16 weights and compute with the norm statistics, softmaxes "
                              "and logits in fp32, what fp16 TensorRT plans are built from (the default --out is "
                              "then the fp32 export dir's fp16/ subdirectory, where build-engine looks)")
+    export.add_argument("--weights", choices=("float", "int8"), default="float",
+                        help="int8: the decoder graphs' matrix weights weight-only int8, per output channel (the "
+                             "default --out is then <export dir>/<precision>-int8; pass it as --engine-dir)")
     export.add_argument("--external-data", action="store_true",
                         help="write every graph's weights as ONNX external data (<graph>.onnx.data; the decoder "
                              "graphs share decoder.onnx.data), as is done anyway for graphs near ONNX's 2 GiB limit")
@@ -106,8 +109,11 @@ def run_export(args) -> int:
     model = args.model or _default_model()
     try:
         out = args.out or graphs_dir(default_engine_dir(model), args.precision)
+        if args.weights != "float" and not args.out:
+            out = default_engine_dir(model) / f"{args.precision}-{args.weights}"
         manifest = export_onnx(model, out, opset=args.opset, verify=not args.no_verify, progress=_say,
-                               precision=args.precision, external_data=True if args.external_data else None)
+                               precision=args.precision, external_data=True if args.external_data else None,
+                               weights=args.weights)
     except (FileNotFoundError, ValueError, NotImplementedError, RuntimeError) as error:
         raise CommandError(str(error)) from None
     errors = manifest.get("verification", {})

@@ -27,6 +27,7 @@ from ..model.finecaption import FineCaptionModel, load_tokenizer, weights_digest
 from . import graphs as G
 from .manifest import (EXPORTER_VERSION, MANIFEST_NAME, ONNX_FORMAT, PRECISIONS, OnnxExportMissingError,
                        graph_sha256, graphs_dir, read_onnx_manifest, write_json)
+from .quantize import WEIGHTS, quantize_matmul_weights
 from .trt_ops import graph_problems
 
 log = logging.getLogger("finecaption.engines")
@@ -226,7 +227,8 @@ def _value_infos(values) -> list[dict]:
 
 
 def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET, verify: bool = True,
-                progress=None, precision: str = "fp32", external_data: bool | None = None) -> dict:
+                progress=None, precision: str = "fp32", external_data: bool | None = None,
+                weights: str = "float") -> dict:
     """Exports `model_dir` into `out_dir`; returns the manifest (also written as `out_dir/manifest.json`).
 
     `precision="fp16"` writes graphs whose weights and compute are fp16 (float inputs and outputs too, but the
@@ -237,13 +239,17 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT
     `external_data`: None (default) keeps a graph's weights in its .onnx file unless they come near ONNX's 2 GiB
     protobuf limit; True always writes them as external data (what CI forces on the small model); False never.
     External data goes into one file per graph (`<graph>.onnx.data`), except that the two decoder graphs share
-    `decoder.onnx.data`: a tensor whose bytes are already in the file is referenced, not written again."""
+    `decoder.onnx.data`: a tensor whose bytes are already in the file is referenced, not written again.
+
+    `weights="int8"`: the decoder graphs' MatMul weights weight-only int8 (`quantize.quantize_matmul_weights`)."""
     import onnx
 
     if opset < 17:
         raise ValueError(f"opset {opset} < 17: LayerNormalization needs opset 17")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     say = progress or (lambda message: log.info("%s", message))
     started = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -271,6 +277,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT
                               do_constant_folding=True)
         _pin_static_output_dims(path, output_names, refs[name][1], axes)
         onnx.shape_inference.infer_shapes_path(str(path), str(path))
+        if weights == "int8" and name in (G.DECODER_PREFILL, G.DECODER_STEP):
+            quantize_matmul_weights(path)
         data = _externalize(path, DECODER_DATA if name in (G.DECODER_PREFILL, G.DECODER_STEP) else None,
                             external_data, stored)
         graph = onnx.load(str(path), load_external_data=False).graph
@@ -295,6 +303,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT
         "model": {"name": model.config.name, "digest": weights_digest(model_dir), "source": str(model_dir)},
         "opset": opset,
         "precision": precision,
+        "weights": weights,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
         "num_visual_tokens": int(refs[G.DECODER_PREFILL][0][0].shape[1]),
         "hidden_size": int(decoder_config.hidden_size),

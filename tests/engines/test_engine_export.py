@@ -182,3 +182,23 @@ def test_forced_external_data_exports_one_data_file_per_graph_and_the_decoders_s
     (out / DECODER_DATA).unlink()
     with pytest.raises(OnnxExportMissingError, match=f"lacks {DECODER_DATA}"):
         read_onnx_manifest(out)
+
+
+def test_int8_decoder_weights_are_dequantized_in_the_graph_and_stay_close(random_model_dir, onnx_dir, tmp_path):
+    """`--weights int8`: each decoder MatMul weight becomes int8 + a per-column scale behind a DequantizeLinear (the
+    weight-only pattern TensorRT and ONNX Runtime both run); the graphs shrink and their logits stay close."""
+    from finecaption_ros.engines.cli import main
+
+    out = tmp_path / "int8"
+    assert main(["export-onnx", "--model", str(random_model_dir), "--out", str(out), "--weights", "int8"]) == 0
+    manifest = read_onnx_manifest(out)
+    assert manifest["weights"] == "int8"
+    for name in ("decoder_prefill", "decoder_step"):
+        path = out / manifest["graphs"][name]["file"]
+        model = onnx.load(str(path))
+        quantized = [t for t in model.graph.initializer if t.data_type == TensorProto.INT8]
+        assert len(quantized) == 7 * manifest["num_layers"] + 1  # q, k, v, o, gate, up, down per layer + lm_head
+        assert "DequantizeLinear" in graph_ops(path) and graph_problems(path) == []
+        assert manifest["graphs"][name]["bytes"] < 0.4 * read_onnx_manifest(onnx_dir)["graphs"][name]["bytes"]
+        assert manifest["verification"][name] < 5e-2  # ONNX Runtime vs the float torch model
+    assert manifest["verification"]["frame_encoder"] < 1e-4  # the encoders are untouched

@@ -258,7 +258,8 @@ def test_every_dynamic_axis_gets_a_profile_and_trtexec_commands_match(onnx_dir, 
     commands = trt_build.trtexec_commands(onnx_dir, tmp_path / "plans", "fp16", limits, 2048, tmp_path / "t.cache")
     assert len(commands) == len(manifest["graphs"])
     for command, (name, graph) in zip(commands, manifest["graphs"].items()):
-        assert f"--onnx={graphs / graph['file']} " in command and f"--saveEngine={tmp_path / 'plans' / name}.plan" in command
+        assert f"--onnx={graphs / graph['file']} " in command
+        assert f"--saveEngine={tmp_path / 'plans' / name}.plan" in command
         assert "--stronglyTyped" in command and "--fp16" not in command  # the precision is the graph's
         assert "--memPoolSize=workspace:2048M" in command and f"--timingCacheFile={tmp_path}/t.cache" in command
         shapes = trt_build.profile_shapes(graph, ranges)
