@@ -8,7 +8,6 @@ loop are shared, so every backend answers the same way.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -19,6 +18,7 @@ from .model.config import FineCaptionConfig
 from .model.finecaption import DEFAULT_MODEL_DIR, FineCaptionModel, FrameFeatures, load_tokenizer, weights_digest
 from .model.generate import DecoderSession, TorchDecoderSession, greedy_decode
 from .model.inputs import normalise_frames, region_inputs
+from .results import RegionCaption
 from .tasks import ATTRIBUTE_TASK, GLOBAL_TASK, MAX_NEW_TOKENS, MAX_REGIONS, TASKS, prompt_for, tidy_caption
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -28,18 +28,6 @@ MAX_BATCH = 64  # sequences decoded together; bounds memory when a frame has ver
 
 class CaptionerInputError(ValueError):
     """Raised for input the captioner cannot caption; the message names the problem and the fix."""
-
-
-@dataclass
-class RegionCaption:
-    region_id: int
-    task: str
-    attribute: str  # "" unless task == "attribute"
-    caption: str
-    confidence: float  # mean probability of the generated tokens
-    bbox: tuple[int, int, int, int]  # x_offset, y_offset, width, height in pixels
-    mask_area: int
-    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 class Backend(Protocol):

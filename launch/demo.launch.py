@@ -3,12 +3,14 @@
     ros2 launch finecaption_ros demo.launch.py
     ros2 launch finecaption_ros demo.launch.py task:=attribute rate:=1.0 save_dir:=/tmp/finecaption_demo
 
-Without `ros2 launch`, scripts/run_demo.sh starts the same three nodes. When the captioning node exits (a bad model
-path, Ctrl-C), the whole launch shuts down.
+Without `ros2 launch`, scripts/run_demo.sh starts the same three nodes. The captioner comes from
+finecaption.launch.py: when it exits (a bad model path, Ctrl-C), the whole launch shuts down.
 """
 import os
+from pathlib import Path
 
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable, Shutdown
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, SetEnvironmentVariable
+from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
@@ -44,20 +46,11 @@ def generate_launch_description():
         }],
         remappings=[("image", "/demo/image"), ("mask", "/demo/mask")],
     )
-    captioner = Node(
-        package="finecaption_ros",
-        executable="finecaption_node",
-        name="finecaption_node",
-        output="screen",
-        parameters=[{
-            "model_path": ParameterValue(LaunchConfiguration("model"), value_type=str),
-            "backend": ParameterValue(LaunchConfiguration("backend"), value_type=str),
-            "engine_dir": ParameterValue(LaunchConfiguration("engine_dir"), value_type=str),
-            "task": ParameterValue(LaunchConfiguration("task"), value_type=str),
-            "publish_annotated": True,
-        }],
-        remappings=[("image", "/demo/image"), ("mask", "/demo/mask")],
-        on_exit=Shutdown(reason="finecaption_node exited"),
+    captioner = IncludeLaunchDescription(  # finecaption.launch.py is the one place the captioner is launched
+        PythonLaunchDescriptionSource(str(Path(__file__).with_name("finecaption.launch.py"))),
+        launch_arguments={"image": "/demo/image", "mask": "/demo/mask", "publish_annotated": "true",
+                          **{name: LaunchConfiguration(name) for name in ("model", "backend", "engine_dir", "task")}
+                          }.items(),
     )
     listener = Node(
         package="finecaption_ros",

@@ -16,7 +16,6 @@ the ROS context goes down.
 """
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -29,38 +28,29 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.exceptions import ParameterNotDeclaredException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.parameter import Parameter
-from rclpy.parameter_service import ParameterService
 from rclpy.qos import QoSProfile
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import Image, RegionOfInterest
+from sensor_msgs.msg import Image
 
-from finecaption_ros.msg import RegionCaption, RegionCaptionArray
+from finecaption_ros.msg import RegionCaptionArray
 from finecaption_ros.srv import CaptionRegions
 
 from ..ros_support.annotate import annotate
-from ..ros_support.errors import REJECT_REASONS, FrameError
+from ..ros_support.errors import FrameError
 from ..ros_support.image_codec import check_image, check_mask, encode
 from ..ros_support.dds import use_large_frame_transport
 from ..ros_support.latest import REQUEST, LatestSlot
 from ..ros_support.pairing import IMAGE, MASK, StampPairer
 from ..ros_support.params import NODE_PARAMS, validate
 from ..ros_support.pipeline import CaptionPipeline, PipelineConfig
-from ..ros_support.stats import NodeStats
+from ..ros_support.startup import StartupError, inference_threads, load_captioner
+from ..ros_support.stats import NodeStats, rss_mb
 from ..tasks import ATTRIBUTES
-from .common import descriptor, fill_image, qos_profile, stamp_ns
+from .common import BatchParameterService, ProblemLog, bounded, captions_message, descriptor, fill_image, qos_profile, stamp_ns
 
 NODE_NAME = "finecaption_node"
-PROBLEM_COUNTERS = ("empty_masks", "regions_below_min_area", "regions_over_limit", "unmatched_images",
-                    "unmatched_masks", "lost_images", "lost_masks")
-MAX_LOG_LINE = 400  # characters; log lines quote message fields, which a sender controls
-
-
-class StartupError(RuntimeError):
-    """The node cannot start (bad parameter, missing model); the message is the one log line."""
 
 
 @dataclass
@@ -80,57 +70,13 @@ class _Request:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-class _BatchParameterService(ParameterService):
-    """rclpy's parameter services, except that a SetParameters batch which is valid together is applied together:
-    rclpy sets each parameter alone, so {task: attribute, attributes: [color]} while attributes is [] refused task
-    against the old list and applied attributes. A batch that fails together is set one by one, as rclpy does."""
-
-    def _set_parameters_callback(self, request, response):
-        node = self._get_node()
-        if len(request.parameters) > 1:
-            try:
-                together = node.set_parameters_atomically([Parameter.from_parameter_msg(p)
-                                                           for p in request.parameters])
-            except ParameterNotDeclaredException:
-                together = None
-            if together is not None and together.successful:
-                response.results = [together] * len(request.parameters)
-                return response
-        return super()._set_parameters_callback(request, response)
-
-
-def inference_threads(num_threads: int = 0) -> int:
-    """The num_threads parameter, 0 resolved: one core per thread, less one left to DDS and the camera. torch's
-    OpenMP workers spin-wait between ops, so a thread more than the free cores costs far more than it gives: on
-    2 busy cores, 2 threads captioned a frame in 17.6 s where 1 thread took 0.49 s (bench/node_rate.py)."""
-    return num_threads or max(1, len(os.sched_getaffinity(0)) - 1)
-
-
-def load_captioner(model_path: str, backend: str, engine_dir: str, num_threads: int = 0, **engine_options):
-    """Captioner.from_pretrained with start-up errors turned into one clear line."""
-    try:
-        from ..captioner import Captioner
-    except ImportError as err:
-        raise StartupError(f"cannot import the captioner: {err}") from err
-    try:
-        options = {"num_threads": inference_threads(num_threads)}
-        if backend == "tensorrt":  # the plan options mean nothing to the other backends
-            options.update(engine_options)
-        return Captioner.from_pretrained(path=model_path or None, backend=backend, engine_dir=engine_dir or None,
-                                         **options)
-    except FileNotFoundError as err:
-        raise StartupError(f"model not found: {err}") from err
-    except (ValueError, ImportError, RuntimeError, OSError) as err:
-        raise StartupError(f"cannot load the model (backend {backend!r}): {err}") from err
-
-
 class FineCaptionNode(Node):
     def __init__(self, captioner=None, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, start_parameter_services=False, **kwargs)
-        self._parameter_service = _BatchParameterService(self)
+        self._parameter_service = BatchParameterService(self)
         self.stats = NodeStats()
         self._known_attributes = tuple(ATTRIBUTES)
-        self._log_state: dict[str, tuple[float, int]] = {}
+        self.log = ProblemLog(self.get_logger())
         self._running = True
         self._annotated_failed = False
 
@@ -157,11 +103,12 @@ class FineCaptionNode(Node):
         self.add_post_set_parameters_callback(self._apply_parameters)
 
         qos = qos_profile(p["qos"], p["qos_depth"])
-        for topic, callback in (("image", self._on_image), ("mask", self._on_mask)):
+        for topic, kind in (("image", IMAGE), ("mask", MASK)):
             events = SubscriptionEventCallbacks(
                 message_lost=lambda info, topic=topic: self._on_lost(topic, info),
                 incompatible_qos=lambda info, topic=topic: self._on_incompatible(topic, info))
-            self.create_subscription(Image, topic, callback, qos, event_callbacks=events)
+            self.create_subscription(Image, topic, lambda msg, kind=kind: self._on_input(kind, msg), qos,
+                                     event_callbacks=events)
         self.captions_pub = self.create_publisher(RegionCaptionArray, "region_captions", 50)
         self.annotated_pub = self.create_publisher(Image, "~/annotated_image", 2)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -208,57 +155,23 @@ class FineCaptionNode(Node):
         if "attributes" in changes and changes["attributes"] is not None:
             changes["attributes"] = list(changes["attributes"])
         reason = validate(changes, self.param_values(), self._known_attributes)
-        if reason:
-            return SetParametersResult(successful=False, reason=reason)
-        return SetParametersResult(successful=True)
+        return SetParametersResult(successful=not reason, reason=reason or "")
 
     def _apply_parameters(self, params) -> None:
-        self._apply_values(self.param_values())
-
-    def _apply_values(self, values: dict) -> None:
+        values = self.param_values()
         self.pipeline.configure(PipelineConfig.from_params(values))
         self.pairer.slop_ns = int(values["sync_slop"] * 1e9)
         self.pairer.timeout_ns = int(values["sync_timeout"] * 1e9)
         self.pairer.max_pending = int(values["sync_queue_size"])
 
     # ----------------------------------------------------------------------------------------------- logging
-    # rclpy refuses a second severity from one call site (ValueError), so each severity has exactly one line that
-    # logs it; and nothing here may raise, at shutdown least of all.
-    def _warn(self, key: str, line: str) -> None:
-        line = self._throttled(key, line)
-        if line:
-            try:
-                self.get_logger().warning(line)
-            except Exception:
-                pass
-
-    def _error(self, key: str, line: str) -> None:
-        line = self._throttled(key, line)
-        if line:
-            try:
-                self.get_logger().error(line)
-            except Exception:
-                pass
-
-    def _throttled(self, key: str, line: str) -> str | None:
-        """The line to log (bounded in length), or None: the same kind of problem at most once a second."""
-        now = time.monotonic()
-        with self.stats.lock:
-            last, skipped = self._log_state.get(key, (-1e9, 0))
-            if now - last < 1.0:
-                self._log_state[key] = (last, skipped + 1)
-                return None
-            self._log_state[key] = (now, 0)
-        line = _bounded(line)
-        return line + (f" ({skipped} more like this in the last second)" if skipped else "")
-
     def _reject(self, err: FrameError, what: str = "frame") -> None:
-        self.stats.reject(err.reason, _bounded(str(err)))
+        self.stats.reject(err.reason, bounded(str(err)))
         line = f"{what} rejected ({err.reason}): {err}"
         if err.reason == "captioner_error":
-            self._error(f"{what}_{err.reason}", line)
+            self.log.error(f"{what}_{err.reason}", line)
         else:
-            self._warn(f"{what}_{err.reason}", line)
+            self.log.warn(f"{what}_{err.reason}", line)
 
     def _publish(self, publisher, msg) -> None:
         """Publish unless the node is stopping; a publish that races the shutdown is dropped, not raised."""
@@ -268,15 +181,9 @@ class FineCaptionNode(Node):
             publisher.publish(msg)
         except Exception as err:
             if self._running and self.context.ok():
-                self._error("publish", f"cannot publish on {publisher.topic_name}: {err}")
+                self.log.error("publish", f"cannot publish on {publisher.topic_name}: {err}")
 
     # ----------------------------------------------------------------------------------------------- inputs
-    def _on_image(self, msg: Image) -> None:
-        self._on_input(IMAGE, msg)
-
-    def _on_mask(self, msg: Image) -> None:
-        self._on_input(MASK, msg)
-
     def _on_input(self, kind: str, msg: Image) -> None:
         t0 = time.perf_counter()
         self.stats.count("images_received" if kind == IMAGE else "masks_received")
@@ -308,11 +215,11 @@ class FineCaptionNode(Node):
         """DDS reports messages that never reached the node (e.g. the subscription queue overflowed)."""
         n = int(info.total_count_change)
         self.stats.problem(f"lost_{topic}s", f"{n} {topic} message(s) lost before reaching the node", n)
-        self._warn(f"lost_{topic}", f"{n} {topic} message(s) lost in DDS before reaching the node (publisher "
+        self.log.warn(f"lost_{topic}", f"{n} {topic} message(s) lost in DDS before reaching the node (publisher "
                                     f"faster than this subscription, or frames too large for its transport)")
 
     def _on_incompatible(self, topic: str, info) -> None:
-        self._error(f"qos_{topic}", f"a publisher on {self.resolve_topic_name(topic)} has a QoS incompatible "
+        self.log.error(f"qos_{topic}", f"a publisher on {self.resolve_topic_name(topic)} has a QoS incompatible "
                                     f"with this subscription ({self.get_parameter('qos').value}); "
                                     "set the qos parameter to match it")
 
@@ -322,20 +229,9 @@ class FineCaptionNode(Node):
     def _count_dropped(self, dropped) -> None:
         for item in dropped:
             counter = "unmatched_images" if item.kind == IMAGE else "unmatched_masks"
-            partner = "mask" if item.kind == IMAGE else "image"
-            if item.why == "timeout":
-                line = (f"{item.kind} stamped {item.stamp_ns / 1e9:.6f} found no {partner} within sync_timeout "
-                        f"= {self.pairer.timeout_ns / 1e9:g} s; dropped")
-            elif item.why == "superseded":
-                line = (f"{item.kind} stamped {item.stamp_ns / 1e9:.6f} never got its {partner} before a newer "
-                        "pair formed; dropped")
-            elif item.why == "overflow":
-                line = (f"more than sync_queue_size = {self.pairer.max_pending} {item.kind}s wait for their "
-                        f"{partner}; the oldest ({item.stamp_ns / 1e9:.6f}) dropped")
-            else:
-                line = f"two {item.kind}s with the same stamp {item.stamp_ns / 1e9:.6f}; the older dropped"
+            line = item.describe(self.pairer)
             self.stats.problem(counter, line)
-            self._warn(f"{counter}_{item.why}", line)
+            self.log.warn(f"{counter}_{item.why}", line)
 
     # ----------------------------------------------------------------------------------------------- worker
     def _work(self) -> None:
@@ -351,13 +247,7 @@ class FineCaptionNode(Node):
                 self._caption_frame(item)
             except Exception as err:  # never let the worker die
                 self._reject(FrameError("captioner_error", f"captioning failed: {type(err).__name__}: {err}"))
-                self._debug(traceback.format_exc())
-
-    def _debug(self, text: str) -> None:
-        try:
-            self.get_logger().debug(text)
-        except Exception:
-            pass
+                self.log.debug(traceback.format_exc())
 
     def _caption_frame(self, frame: _Frame) -> None:
         try:
@@ -367,9 +257,9 @@ class FineCaptionNode(Node):
             return
         for counter, line, n in result.problems:
             self.stats.problem(counter, line, n)
-            self._warn(counter, line)
+            self.log.warn(counter, line)
         t_publish = time.perf_counter()
-        msg = self.to_message(result, frame.image.header)
+        msg = captions_message(result, frame.image.header, self.model_id, self.backend)
         msg.processing_latency = time.monotonic() - frame.received
         self._publish(self.captions_pub, msg)
         publish_s = time.perf_counter() - t_publish
@@ -391,25 +281,10 @@ class FineCaptionNode(Node):
             out.header = header
         except Exception as err:
             if not self._annotated_failed:
-                self._error("annotate", f"cannot draw the annotated image: {err}")
+                self.log.error("annotate", f"cannot draw the annotated image: {err}")
                 self._annotated_failed = True
             return
         self._publish(self.annotated_pub, out)
-
-    def to_message(self, result, header) -> RegionCaptionArray:
-        msg = RegionCaptionArray()
-        msg.header = header
-        msg.model_id = self.model_id
-        msg.backend = self.backend
-        msg.inference_time = float(result.inference_s)
-        for c in result.captions:
-            x, y, w, h = c.bbox
-            msg.captions.append(RegionCaption(
-                region_id=int(c.region_id), task=c.task, attribute=c.attribute, caption=c.caption,
-                confidence=float(c.confidence),
-                bbox=RegionOfInterest(x_offset=int(x), y_offset=int(y), width=int(w), height=int(h)),
-                mask_area=int(c.mask_area), reused=bool(c.reused)))
-        return msg
 
     # ----------------------------------------------------------------------------------------------- service
     def _spin_service(self) -> None:
@@ -418,7 +293,7 @@ class FineCaptionNode(Node):
                 self._service_executor.spin_once(timeout_sec=0.25)
             except Exception as err:  # the context went down under it (shutdown): nothing left to serve
                 if self._running and self.context.ok():
-                    self._error("service_executor", f"service executor failed: {type(err).__name__}: {err}")
+                    self.log.error("service_executor", f"service executor failed: {type(err).__name__}: {err}")
                 return
 
     def _on_service(self, request, response):
@@ -439,7 +314,7 @@ class FineCaptionNode(Node):
             self._caption_request(job.request, job.response, job.received)
         except Exception as err:  # never let the worker die
             job.response.success = False
-            job.response.message = _bounded(f"captioning failed: {type(err).__name__}: {err}")
+            job.response.message = bounded(f"captioning failed: {type(err).__name__}: {err}")
         finally:
             job.done.set()
 
@@ -450,18 +325,18 @@ class FineCaptionNode(Node):
                                                     attributes=attributes, use_reuse=False)
         except FrameError as err:
             response.success = False
-            response.message = _bounded(str(err))
+            response.message = bounded(str(err))
             self.stats.problem("service_errors", f"caption_regions refused: {response.message}")
-            self._warn("service_refused", f"caption_regions request refused ({err.reason}): {err}")
+            self.log.warn("service_refused", f"caption_regions request refused ({err.reason}): {err}")
             return
         except Exception as err:
             response.success = False
-            response.message = _bounded(f"captioning failed: {type(err).__name__}: {err}")
+            response.message = bounded(f"captioning failed: {type(err).__name__}: {err}")
             self.stats.problem("service_errors", response.message)
-            self._error("service_failed", response.message)
+            self.log.error("service_failed", response.message)
             return
         response.success = True
-        response.result = self.to_message(result, request.image.header)
+        response.result = captions_message(result, request.image.header, self.model_id, self.backend)
         response.result.processing_latency = time.monotonic() - t0
         self.stats.count("service_calls")
         with self.stats.lock:
@@ -472,6 +347,11 @@ class FineCaptionNode(Node):
         snap = self.stats.snapshot()
         counts, rates = snap["counts"], snap["rates"]
         p = self.param_values()
+        values = {"model_id": self.model_id, "backend": self.backend, "task": p["task"],
+                  "inference_threads": inference_threads(p["num_threads"]), **self.stats.diagnostic_values(snap),
+                  "service_queue_depth": p["service_queue_depth"], "frame_waiting": int(self.slot.waiting),
+                  "pending_images": self.pairer.pending(IMAGE), "pending_masks": self.pairer.pending(MASK),
+                  "reuse_entries": len(self.pipeline.reuse), "rss_mb": f"{rss_mb():.1f}"}
         status = DiagnosticStatus()
         status.name = f"{self.get_fully_qualified_name().lstrip('/')}: region captioning"
         status.hardware_id = self.model_id
@@ -483,31 +363,6 @@ class FineCaptionNode(Node):
             status.message = (f"captioning {rates['captioned']:.1f} Hz, latency "
                               f"{snap['latency_ms']['mean']:.0f} ms" if counts.get("frames_captioned")
                               else "waiting for paired image + mask frames")
-        values = {
-            "model_id": self.model_id, "backend": self.backend, "task": p["task"],
-            "inference_threads": inference_threads(p["num_threads"]),
-            "images_received": counts.get("images_received", 0), "masks_received": counts.get("masks_received", 0),
-            "frames_paired": counts.get("frames_paired", 0), "frames_captioned": counts.get("frames_captioned", 0),
-            "frames_dropped": counts.get("frames_dropped", 0), "frames_rejected": counts.get("frames_rejected", 0),
-        }
-        for reason in REJECT_REASONS:
-            values[f"rejected_{reason}"] = snap["rejected"].get(reason, 0)
-        for name in PROBLEM_COUNTERS + ("regions_captioned", "regions_reused", "service_calls", "service_errors"):
-            values[name] = counts.get(name, 0)
-        values.update({
-            "image_rate_hz": f"{rates['images']:.2f}", "mask_rate_hz": f"{rates['masks']:.2f}",
-            "paired_rate_hz": f"{rates['paired']:.2f}", "caption_rate_hz": f"{rates['captioned']:.2f}",
-            "latency_mean_ms": f"{snap['latency_ms']['mean']:.1f}",
-            "latency_p95_ms": f"{snap['latency_ms']['p95']:.1f}",
-            "latency_max_ms": f"{snap['latency_ms']['max']:.1f}",
-            "inference_mean_ms": f"{snap['inference_ms']['mean']:.1f}",
-            "overhead_mean_ms": f"{snap['overhead_ms']['mean']:.2f}",
-            "service_latency_p95_ms": f"{snap['service_ms']['p95']:.1f}",
-            "service_queue_depth": p["service_queue_depth"],
-            "frame_waiting": int(self.slot.waiting), "pending_images": self.pairer.pending(IMAGE),
-            "pending_masks": self.pairer.pending(MASK), "reuse_entries": len(self.pipeline.reuse),
-            "rss_mb": f"{_rss_mb():.1f}", "last_problem": snap["last_problem"],
-        })
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
@@ -530,20 +385,8 @@ class FineCaptionNode(Node):
         super().destroy_node()
 
 
-def _bounded(text: str, limit: int = MAX_LOG_LINE) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
 def _stamp_text(msg) -> str:
     return f"{msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}"
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return 0.0
 
 
 def _interrupt(signum, frame) -> None:

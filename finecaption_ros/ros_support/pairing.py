@@ -20,6 +20,19 @@ class Dropped:
     stamp_ns: int
     why: str  # "timeout", "superseded" (a newer pair formed), "overflow" (too many waiting), "duplicate"
 
+    def describe(self, pairer: "StampPairer") -> str:
+        """The one log line for this drop."""
+        partner, stamp = (MASK if self.kind == IMAGE else IMAGE), f"{self.stamp_ns / 1e9:.6f}"
+        if self.why == "timeout":
+            return (f"{self.kind} stamped {stamp} found no {partner} within sync_timeout = "
+                    f"{pairer.timeout_ns / 1e9:g} s; dropped")
+        if self.why == "superseded":
+            return f"{self.kind} stamped {stamp} never got its {partner} before a newer pair formed; dropped"
+        if self.why == "overflow":
+            return (f"more than sync_queue_size = {pairer.max_pending} {self.kind}s wait for their {partner}; "
+                    f"the oldest ({stamp}) dropped")
+        return f"two {self.kind}s with the same stamp {stamp}; the older dropped"
+
 
 @dataclass
 class PairResult:

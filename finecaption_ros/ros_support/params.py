@@ -58,7 +58,7 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
               minimum=0.01, maximum=60.0),
     ParamSpec("sync_queue_size", 8, "images (and masks) that may wait for their partner", minimum=1, maximum=100),
     ParamSpec("qos", "sensor_data", "QoS of the image and mask subscriptions", read_only=True, choices=QOS_PROFILES),
-    ParamSpec("qos_depth", 5, "history depth of the image and mask subscriptions", read_only=True, minimum=1,
+    ParamSpec("qos_depth", 10, "history depth of the image and mask subscriptions", read_only=True, minimum=1,
               maximum=100),
     ParamSpec("max_image_pixels", 3840 * 2160 * 2, "frames with more pixels are skipped and counted", minimum=1,
               maximum=1 << 30),

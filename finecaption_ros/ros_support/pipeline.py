@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..results import RegionCaption
 from ..tasks import ATTRIBUTE_TASK, GLOBAL_TASK, TASKS
 from .errors import FrameError
 from .image_codec import decode_image, decode_mask
@@ -16,20 +17,8 @@ from .reuse import CaptionReuse
 
 
 @dataclass
-class CaptionOut:
-    region_id: int
-    task: str
-    attribute: str
-    caption: str
-    confidence: float
-    bbox: tuple[int, int, int, int]  # x_offset, y_offset, width, height
-    mask_area: int
-    reused: bool = False
-
-
-@dataclass
 class FrameResult:
-    captions: list[CaptionOut]
+    captions: list[RegionCaption]
     image: np.ndarray
     labels: np.ndarray | None
     decode_s: float = 0.0
@@ -156,7 +145,7 @@ class CaptionPipeline:
             masks = {i: labels == i for i in ids}
 
         # Caption reuse: a region is recomputed when any of its captions cannot be reused.
-        reused: dict[tuple[int, str], CaptionOut] = {}
+        reused: dict[tuple[int, str], RegionCaption] = {}
         compute: list[int] = []
         for region_id in ids:
             hits = {}
@@ -169,13 +158,13 @@ class CaptionPipeline:
             if use_reuse and len(hits) == len(attrs):
                 box = (0, 0, w, h) if region_id == 0 else bbox_of(masks[region_id])
                 for attr, old in hits.items():
-                    reused[(region_id, attr)] = CaptionOut(region_id, task, attr, old.caption, old.confidence, box,
-                                                           areas[region_id], reused=True)
+                    reused[(region_id, attr)] = RegionCaption(region_id, task, attr, old.caption, old.confidence,
+                                                              box, areas[region_id], reused=True)
             else:
                 compute.append(region_id)
         result.select_s = time.perf_counter() - t0
 
-        computed: dict[tuple[int, str], CaptionOut] = {}
+        computed: dict[tuple[int, str], RegionCaption] = {}
         if compute:
             if task == GLOBAL_TASK:
                 model_masks, only = np.ones((h, w), dtype=np.int32), None
@@ -193,14 +182,10 @@ class CaptionPipeline:
             except ValueError as err:  # CaptionerInputError is a ValueError
                 raise FrameError("captioner_error", f"captioner refused the frame: {err}") from err
             result.inference_s = time.perf_counter() - t1
-            for out in outputs:
-                region_id = 0 if task == GLOBAL_TASK else int(out.region_id)
-                attr = out.attribute if task == ATTRIBUTE_TASK else ""
-                item = CaptionOut(region_id, task, attr, out.caption, float(out.confidence),
-                                  tuple(int(v) for v in out.bbox), int(out.mask_area))
-                computed[(region_id, attr)] = item
-                if use_reuse and region_id in masks:
-                    self.reuse.store((region_id, task, attr), masks[region_id], image, item, now_s)
+            for out in outputs:  # the captioner's own results, used as they are
+                computed[(out.region_id, out.attribute)] = out
+                if use_reuse and out.region_id in masks:
+                    self.reuse.store((out.region_id, task, out.attribute), masks[out.region_id], image, out, now_s)
         if use_reuse:
             self.reuse.prune(now_s)
 

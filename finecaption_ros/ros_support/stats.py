@@ -1,9 +1,16 @@
 """Counters, rates and latency statistics for /diagnostics (thread-safe)."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter, deque
+
+from .errors import REJECT_REASONS
+
+# Counted input problems that do not reject a frame, in the order diagnostics lists them.
+PROBLEM_COUNTERS = ("empty_masks", "regions_below_min_area", "regions_over_limit", "unmatched_images",
+                    "unmatched_masks", "lost_images", "lost_masks")
 
 
 class RateMeter:
@@ -99,3 +106,30 @@ class NodeStats:
             }
             self.problems_since_report = 0
             return snap
+
+    @staticmethod
+    def diagnostic_values(snap: dict) -> dict:
+        """The /diagnostics key-values of a snapshot: counts, rejections by reason, rates and latencies."""
+        counts, rates = snap["counts"], snap["rates"]
+        values = {name: counts.get(name, 0) for name in ("images_received", "masks_received", "frames_paired",
+                                                          "frames_captioned", "frames_dropped", "frames_rejected")}
+        values.update({f"rejected_{reason}": snap["rejected"].get(reason, 0) for reason in REJECT_REASONS})
+        values.update({name: counts.get(name, 0) for name in
+                       PROBLEM_COUNTERS + ("regions_captioned", "regions_reused", "service_calls", "service_errors")})
+        values.update({f"{name}_rate_hz": f"{rates[key]:.2f}" for name, key in
+                       (("image", "images"), ("mask", "masks"), ("paired", "paired"), ("caption", "captioned"))})
+        for stat in ("mean", "p95", "max"):
+            values[f"latency_{stat}_ms"] = f"{snap['latency_ms'][stat]:.1f}"
+        values.update({"inference_mean_ms": f"{snap['inference_ms']['mean']:.1f}",
+                       "overhead_mean_ms": f"{snap['overhead_ms']['mean']:.2f}",
+                       "service_latency_p95_ms": f"{snap['service_ms']['p95']:.1f}",
+                       "last_problem": snap["last_problem"]})
+        return values
+
+
+def rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0

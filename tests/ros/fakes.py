@@ -1,27 +1,14 @@
 """A stand-in captioner for the rclpy-free unit tests (the node process tests use the real Captioner)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
+from finecaption_ros.results import RegionCaption as FakeResult  # the captioner's own (torch-free) result type
 from finecaption_ros.tasks import ATTRIBUTES
 
 
 class FakeInputError(ValueError):
     pass
-
-
-@dataclass
-class FakeResult:
-    region_id: int
-    task: str
-    attribute: str
-    caption: str
-    confidence: float
-    bbox: tuple
-    mask_area: int
-    timings_ms: dict = field(default_factory=dict)
 
 
 class FakeCaptioner:

@@ -81,6 +81,18 @@ class SetEnvironmentVariable(Recorded):
         self.name, self.value = name, value
 
 
+class PythonLaunchDescriptionSource(Recorded):
+    def __init__(self, launch_file_path):
+        super().__init__(launch_file_path)
+        self.path = Path(launch_file_path)
+
+
+class IncludeLaunchDescription(Recorded):
+    def __init__(self, launch_description_source, *, launch_arguments=None):
+        super().__init__(launch_description_source, launch_arguments=list(launch_arguments or []))
+        self.source, self.arguments = launch_description_source, dict(launch_arguments or [])
+
+
 class Shutdown(Recorded):
     def __init__(self, *, reason="reason not given"):
         super().__init__(reason=reason)
@@ -105,7 +117,9 @@ class PythonExpression(Recorded):
 STANDINS = {
     "launch": {"LaunchDescription": LaunchDescription},
     "launch.actions": {"DeclareLaunchArgument": DeclareLaunchArgument, "OpaqueFunction": OpaqueFunction,
-                       "SetEnvironmentVariable": SetEnvironmentVariable, "Shutdown": Shutdown},
+                       "SetEnvironmentVariable": SetEnvironmentVariable, "Shutdown": Shutdown,
+                       "IncludeLaunchDescription": IncludeLaunchDescription},
+    "launch.launch_description_sources": {"PythonLaunchDescriptionSource": PythonLaunchDescriptionSource},
     "launch.conditions": {"IfCondition": IfCondition, "UnlessCondition": IfCondition},
     "launch.substitutions": {"LaunchConfiguration": LaunchConfiguration, "PythonExpression": PythonExpression},
     "launch_ros": {},
@@ -124,6 +138,16 @@ def load_launch(path: Path, monkeypatch) -> LaunchDescription:
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
     assert isinstance(description, LaunchDescription)
+    entities = []  # included launch files in place, as `ros2 launch` visits them
+    for entity in description.entities:
+        if isinstance(entity, IncludeLaunchDescription):
+            included = load_launch(entity.source.path, monkeypatch)
+            declared = {e.name for e in included.entities if isinstance(e, DeclareLaunchArgument)}
+            assert set(entity.arguments) <= declared, f"{path.name} passes undeclared arguments"
+            entities += included.entities
+        else:
+            entities.append(entity)
+    description.entities = entities
     return description
 
 

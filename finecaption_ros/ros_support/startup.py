@@ -1,0 +1,33 @@
+"""Loading the node's captioner (no rclpy): start-up errors as one clear line, and the inference thread count."""
+from __future__ import annotations
+
+import os
+
+
+class StartupError(RuntimeError):
+    """The node cannot start (bad parameter, missing model); the message is the one log line."""
+
+
+def inference_threads(num_threads: int = 0) -> int:
+    """The num_threads parameter, 0 resolved: one core per thread, less one left to DDS and the camera. torch's
+    OpenMP workers spin-wait between ops, so a thread more than the free cores costs far more than it gives
+    (measured in README, "The ROS 2 node")."""
+    return num_threads or max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+def load_captioner(model_path: str, backend: str, engine_dir: str, num_threads: int = 0, **engine_options):
+    """Captioner.from_pretrained with start-up errors turned into one clear line."""
+    try:
+        from ..captioner import Captioner
+    except ImportError as err:
+        raise StartupError(f"cannot import the captioner: {err}") from err
+    try:
+        options = {"num_threads": inference_threads(num_threads)}
+        if backend == "tensorrt":  # the plan options mean nothing to the other backends
+            options.update(engine_options)
+        return Captioner.from_pretrained(path=model_path or None, backend=backend, engine_dir=engine_dir or None,
+                                         **options)
+    except FileNotFoundError as err:
+        raise StartupError(f"model not found: {err}") from err
+    except (ValueError, ImportError, RuntimeError, OSError) as err:
+        raise StartupError(f"cannot load the model (backend {backend!r}): {err}") from err
