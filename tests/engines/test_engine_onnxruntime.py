@@ -125,13 +125,19 @@ class RecordingBackend:
         return Recording(self.inner.decoder_session(), self.log)
 
 
-def test_identical_greedy_tokens_on_fresh_scenes(parity_model_dir, parity_onnx_dir, random_model_dir):
-    captioners = {"torch": Captioner.from_pretrained(parity_model_dir),
-                  "onnxruntime": Captioner.from_pretrained(parity_model_dir, backend="onnxruntime",
-                                                           engine_dir=parity_onnx_dir)}
+def _recorded_captioners(model_dir, name: str, onnx_dir):
+    """A torch captioner and an ONNX Runtime one (called `name`) of one model, each backend wrapped to record
+    every decoder call's logits."""
+    captioners = {"torch": Captioner.from_pretrained(model_dir),
+                  name: Captioner.from_pretrained(model_dir, backend="onnxruntime", engine_dir=onnx_dir)}
     recorders = {}
-    for name, captioner in captioners.items():
-        recorders[name] = captioner.engine = RecordingBackend(captioner.engine)
+    for key, captioner in captioners.items():
+        recorders[key] = captioner.engine = RecordingBackend(captioner.engine)
+    return captioners, recorders
+
+
+def test_identical_greedy_tokens_on_fresh_scenes(parity_model_dir, parity_onnx_dir, random_model_dir):
+    captioners, recorders = _recorded_captioners(parity_model_dir, "onnxruntime", parity_onnx_dir)
     generator = SceneGenerator(split="eval", seed=20240611)  # fresh: not a training seed
     # an untrained model never emits EOS: cap its captions to keep the test short
     max_new_tokens = 10 if parity_model_dir == random_model_dir else None
@@ -174,12 +180,7 @@ def test_fp16_graphs_keep_the_greedy_tokens_on_fresh_scenes(parity_model_dir, pa
     from finecaption_ros.engines.manifest import read_onnx_manifest
 
     assert read_onnx_manifest(parity_fp16_dir)["precision"] == "fp16"
-    captioners = {"torch": Captioner.from_pretrained(parity_model_dir),
-                  "fp16": Captioner.from_pretrained(parity_model_dir, backend="onnxruntime",
-                                                    engine_dir=parity_fp16_dir)}
-    recorders = {}
-    for name, captioner in captioners.items():
-        recorders[name] = captioner.engine = RecordingBackend(captioner.engine)
+    captioners, recorders = _recorded_captioners(parity_model_dir, "fp16", parity_fp16_dir)
     generator = SceneGenerator(split="eval", seed=20240611)
     max_new_tokens = 10 if parity_model_dir == random_model_dir else None
     identical, worst = 0, 0.0
