@@ -5,7 +5,8 @@
 
 For each frame size and region count: the captioner's frames/s and median ms on that frame in its own process with
 no ROS (tests/ros/inprocess_rate.py, with the node's inference thread count), then the node (its own process, the
-given QoS, real DDS on loopback) fed that frame at each rate by a best-effort publisher, as a camera driver publishes.
+given QoS, real DDS on loopback) fed that frame at each rate by a best-effort publisher, as a camera driver publishes,
+then the plain process again: each node case is compared with the mean of the plain runs on either side of it.
 Printed: captioned frames/s in the node and its ratio to in process (target >= 0.9x), the node's median inference
 ms and its ratio to in process (target <= 1.15x), end-to-end latency p50/p95 (publish -> caption received), and the
 node's counts: images published / received / lost in DDS, frames paired / captioned / dropped (latest-frame policy).
@@ -112,12 +113,22 @@ def main() -> int:
                 for size in sizes:
                     for count in regions:
                         image, labels = frame_with_regions(count, size=size)
-                        base = frames_per_second(frames="bench", size=size, regions=count, rounds=args.rounds,
-                                                 threads=node_threads, model=args.model)
+
+                        def in_process() -> dict:
+                            return frames_per_second(frames="bench", size=size, regions=count, rounds=args.rounds,
+                                                     threads=node_threads, model=args.model)
+
+                        before = in_process()
                         for rate in rates:
                             r = run_node_case(client, image, labels, rate, args.seconds)
+                            # The baseline again right after: this shared machine's speed drifts by 30-50 %
+                            # between minutes, so each node case is compared with the mean of the runs around it.
+                            after = in_process()
+                            base = {k: (before[k] + after[k]) / 2 for k in ("fps", "ms")}
+                            base["drift"] = after["ms"] / before["ms"]
                             rows.append((node_threads, size, count, rate, base, r))
                             print_row(*rows[-1], header=len(rows) == 1)
+                            before = after
             finally:
                 client.close()
                 code = proc.stop()
@@ -126,7 +137,9 @@ def main() -> int:
     finally:
         rclpy.try_shutdown()
     print("\nnode/in = captioned frames/s in the node / in process (target >= 0.9x); inference node/in = median "
-          "inference ms in the node / in process (target <= 1.15x); latency = publish -> caption received")
+          "inference ms in the node / in process (target <= 1.15x); in process = the mean of runs just before and just "
+          "after the node case; drift = after / before in-process ms (how much the machine's speed moved meanwhile); "
+          "latency = publish -> caption received")
     return 0
 
 
@@ -134,12 +147,12 @@ def print_row(threads, size, count, rate, base, r, header=False) -> None:
     if header:
         print(f"{'thr':>3} {'frame':>8} {'reg':>3} {'Hz':>3} | {'in fps':>6} {'node':>6} {'ratio':>5} | "
               f"{'in ms':>6} {'node ms':>7} {'ratio':>5} | {'p50 ms':>6} {'p95 ms':>6} | {'pub':>4} {'recv':>4} "
-              f"{'lost':>4} {'pair':>4} {'capt':>4} {'drop':>4}")
+              f"{'lost':>4} {'pair':>4} {'capt':>4} {'drop':>4} | {'drift':>5}")
     print(f"{threads:>3} {size[0]:>4}x{size[1]:<3} {count:>3} {rate:>3.0f} | {base['fps']:>6.1f} {r['fps']:>6.1f} "
           f"{r['fps'] / base['fps']:>4.2f}x | {base['ms']:>6.1f} {r['inference_ms']:>7.1f} "
           f"{r['inference_ms'] / base['ms']:>4.2f}x | {r['p50']:>6.0f} {r['p95']:>6.0f} | {r['published']:>4} "
           f"{r['images_received']:>4} {r['lost_images']:>4} {r['frames_paired']:>4} {r['frames_captioned']:>4} "
-          f"{r['frames_dropped']:>4}", flush=True)
+          f"{r['frames_dropped']:>4} | {base['drift']:>4.2f}x", flush=True)
 
 
 if __name__ == "__main__":
