@@ -8,17 +8,14 @@ Publishes: `region_captions` (finecaption_ros/RegionCaptionArray, header copied 
 Service: `~/caption_regions` (finecaption_ros/CaptionRegions).
 
 Threads: one SingleThreadedExecutor thread receives images, masks, parameter calls and timers; one worker thread
-runs every caption, stream frames and service requests alike; a second single-threaded executor only takes
-service requests and waits (without the GIL) for the worker's answer. A MultiThreadedExecutor's Python threads
-would hold the GIL in turns with the inference thread, whose hundreds of small torch ops each need it back.
-Latest-frame policy: at most one paired frame waits per camera; a newer one replaces it and the older is counted
-as dropped. The worker takes the waiting frame of every camera and captions them in one batch (one model, one
-decode); a frame that waited longer than `latency_budget` is dropped and counted instead.
-Lifecycle: always a rclpy lifecycle node. With `lifecycle:=false` (default) it configures and activates itself at
-start-up; with `lifecycle:=true` a manager drives it: configure loads the model and opens the topics, activate
-starts taking frames, deactivate stops (frames that arrive are counted as frames_inactive, never captioned),
-cleanup releases the model. Bad input is logged in one line, counted in diagnostics and never stops the node;
-Ctrl-C stops the worker before the ROS context goes down.
+runs every caption, stream frames and service requests alike (service.py: the service waits on its own thread). A
+MultiThreadedExecutor's Python threads would hold the GIL in turns with the inference thread, whose hundreds of
+small torch ops each need it back. At most one paired frame waits per camera (a newer one replaces it: dropped);
+the worker captions the waiting frame of every camera in one batch, dropping (and counting) any that waited longer
+than `latency_budget`. A lifecycle node: `lifecycle:=true` waits for a manager (configure loads the model and
+opens the topics, activate takes frames, deactivate counts arriving frames as frames_inactive, cleanup releases
+the model); otherwise it configures and activates itself. Bad input is logged in one line, counted in diagnostics
+and never stops the node; Ctrl-C stops the worker before the ROS context goes down.
 """
 from __future__ import annotations
 
@@ -65,13 +62,13 @@ class FineCaptionNode(LifecycleNode):
     def __init__(self, captioner=None, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, start_parameter_services=False, **kwargs)
         self._parameter_service = BatchParameterService(self)
-        self._given_captioner = captioner
-        self._known_attributes = tuple(ATTRIBUTES)
+        self._given_captioner, self._known_attributes = captioner, tuple(ATTRIBUTES)
         self.log = ProblemLog(self.get_logger())
         self._running = self._active = self._annotated_failed = False
         self._startup_error: StartupError | None = None
-        self._subscriptions, self._publishers, self._timers = [], [], []  # made in configure, gone in cleanup
+        self._subs, self._pubs, self._tims = [], [], []  # made in configure, gone in cleanup (rclpy owns _timers)
         self.captioner = self.pipeline = self.worker = self.service = None
+        self.pairers: dict[str, StampPairer] = {}
 
         self.add_on_set_parameters_callback(self._validate_parameters)
         try:
@@ -100,7 +97,6 @@ class FineCaptionNode(LifecycleNode):
 
     def on_activate(self, state) -> TransitionCallbackReturn:
         self._active = True
-        self.get_logger().info("active: captioning frames")
         return super().on_activate(state)
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
@@ -113,9 +109,7 @@ class FineCaptionNode(LifecycleNode):
         self._close()
         return SUCCESS
 
-    def on_shutdown(self, state) -> TransitionCallbackReturn:
-        self._close()
-        return SUCCESS
+    on_shutdown = on_cleanup
 
     def _configure(self) -> None:
         p = self.param_values()
@@ -142,7 +136,7 @@ class FineCaptionNode(LifecycleNode):
                 events = SubscriptionEventCallbacks(
                     message_lost=lambda info, topic=topic: self._on_lost(topic, info),
                     incompatible_qos=lambda info, topic=topic: self._on_incompatible(topic, info))
-                self._subscriptions.append(self.create_subscription(
+                self._subs.append(self.create_subscription(
                     Image, topic, lambda msg, kind=kind, camera=camera: self._on_input(camera, kind, msg), qos,
                     event_callbacks=events))
             self.captions_pubs[camera] = self.create_publisher(RegionCaptionArray, _topic(camera, "region_captions"),
@@ -150,25 +144,24 @@ class FineCaptionNode(LifecycleNode):
             self.annotated_pubs[camera] = self.create_publisher(Image, _topic(f"~/{camera}".rstrip("/"),
                                                                               "annotated_image"), 2)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._publishers += [*self.captions_pubs.values(), *self.annotated_pubs.values(), self.diagnostics_pub]
-        self._timers += [self.create_timer(p["diagnostics_period"], self._publish_diagnostics),
+        self._pubs += [*self.captions_pubs.values(), *self.annotated_pubs.values(), self.diagnostics_pub]
+        self._tims += [self.create_timer(p["diagnostics_period"], self._publish_diagnostics),
                          self.create_timer(0.1, self._expire)]
         self._running = True
         self.worker = threading.Thread(target=self._work, name="finecaption-inference", daemon=True)
         self.worker.start()
         # Created last: once the service is there, the node is ready.
         self.service = CaptionService(self, p["service_queue_depth"], self._hand_over, self.log)
-        inputs = ", ".join(f"{self.resolve_topic_name(_topic(c, 'image'))} + "
-                           f"{self.resolve_topic_name(_topic(c, 'mask'))} -> "
-                           f"{self.resolve_topic_name(_topic(c, 'region_captions'))}" for c in self.cameras)
+        inputs = ", ".join(" + ".join(self.resolve_topic_name(_topic(c, n)) for n in ("image", "mask")) +
+                           f" -> {self.resolve_topic_name(_topic(c, 'region_captions'))}" for c in self.cameras)
         self.get_logger().info(f"ready: model {self.model_id} ({self.backend}), task {p['task']}; {inputs} "
                                f"(QoS {p['qos']})")
 
     def _close(self) -> None:
         """Stop the worker and the service thread, destroy what configure made and release the model."""
         self.stop()
-        for destroy, entities in ((self.destroy_subscription, self._subscriptions), (self.destroy_timer, self._timers),
-                                  (self.destroy_publisher, self._publishers)):
+        for destroy, entities in ((self.destroy_subscription, self._subs), (self.destroy_timer, self._tims),
+                                  (self.destroy_publisher, self._pubs)):
             for entity in entities:
                 destroy(entity)
             entities.clear()
@@ -188,9 +181,9 @@ class FineCaptionNode(LifecycleNode):
 
     def _apply_parameters(self, params) -> None:
         values = self.param_values()
-        if getattr(self, "pipeline", None) is not None:
+        if self.pipeline is not None:
             self.pipeline.configure(PipelineConfig.from_params(values))
-        for pairer in getattr(self, "pairers", {}).values():
+        for pairer in self.pairers.values():
             pairer.slop_ns = int(values["sync_slop"] * 1e9)
             pairer.timeout_ns = int(values["sync_timeout"] * 1e9)
             pairer.max_pending = int(values["sync_queue_size"])
@@ -334,42 +327,32 @@ class FineCaptionNode(LifecycleNode):
         return None if self.slot.put_request(job) else "finecaption_node is shutting down"
 
     def _answer(self, job: ServiceJob) -> None:
-        try:
-            self._caption_request(job.request, job.response, job.received)
-        except Exception as err:  # never let the worker die
-            job.response.success = False
-            job.response.message = bounded(f"captioning failed: {type(err).__name__}: {err}")
-        finally:
-            job.done.set()
-
-    def _caption_request(self, request, response, t0: float) -> None:
+        """On the worker: caption a service request (never with caption reuse) and wake its caller."""
+        request, response = job.request, job.response
         try:
             result = self.pipeline.process_messages(request.image, request.mask, task=request.task or None,
                                                     attributes=list(request.attributes) or None, use_reuse=False)
+            response.success = True
+            response.result = captions_message(result, request.image.header, self.model_id, self.backend)
+            response.result.processing_latency = time.monotonic() - job.received
+            self.stats.count("service_calls")
+            with self.stats.lock:
+                self.stats.service_ms.add(response.result.processing_latency * 1e3)
         except FrameError as err:
-            response.success = False
-            response.message = bounded(str(err))
+            response.success, response.message = False, bounded(str(err))
             self.stats.problem("service_errors", f"caption_regions refused: {response.message}")
             self.log.warn("service_refused", f"caption_regions request refused ({err.reason}): {err}")
-            return
-        except Exception as err:
+        except Exception as err:  # never let the worker die
             response.success = False
             response.message = bounded(f"captioning failed: {type(err).__name__}: {err}")
             self.stats.problem("service_errors", response.message)
             self.log.error("service_failed", response.message)
-            return
-        response.success = True
-        response.result = captions_message(result, request.image.header, self.model_id, self.backend)
-        response.result.processing_latency = time.monotonic() - t0
-        self.stats.count("service_calls")
-        with self.stats.lock:
-            self.stats.service_ms.add(response.result.processing_latency * 1e3)
+        finally:
+            job.done.set()
 
     # ----------------------------------------------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
-        snap = self.stats.snapshot()
-        counts, rates = snap["counts"], snap["rates"]
-        p = self.param_values()
+        snap, p = self.stats.snapshot(), self.param_values()
         values = {"model_id": self.model_id, "backend": self.backend, "task": p["task"],
                   "inference_threads": inference_threads(p["num_threads"]), "active": self._active,
                   **self.stats.diagnostic_values(snap), "service_queue_depth": p["service_queue_depth"],
@@ -377,21 +360,13 @@ class FineCaptionNode(LifecycleNode):
                   "pending_images": sum(q.pending(IMAGE) for q in self.pairers.values()),
                   "pending_masks": sum(q.pending(MASK) for q in self.pairers.values()),
                   "reuse_entries": len(self.pipeline.reuse), "rss_mb": f"{rss_mb():.1f}"}
-        status = DiagnosticStatus()
-        status.name = f"{self.get_fully_qualified_name().lstrip('/')}: region captioning"
-        status.hardware_id = self.model_id
-        if snap["problems_since_report"]:
-            status.level = DiagnosticStatus.WARN
-            status.message = snap["last_problem"]
-        else:
-            status.level = DiagnosticStatus.OK
-            status.message = (f"captioning {rates['captioned']:.1f} Hz, latency "
-                              f"{snap['latency_ms']['mean']:.0f} ms" if counts.get("frames_captioned") else
-                              "waiting for paired image + mask frames" if self._active else "inactive")
+        warn, message = NodeStats.summary(snap, self._active)
+        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name().lstrip('/')}: region captioning",
+                                  hardware_id=self.model_id, message=message,
+                                  level=DiagnosticStatus.WARN if warn else DiagnosticStatus.OK)
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-        array = DiagnosticArray()
+        array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
-        array.status = [status]
         self._publish(self.diagnostics_pub, array)
 
     def stop(self) -> None:

@@ -144,6 +144,15 @@ class NodeStats:
             return snap
 
     @staticmethod
+    def summary(snap: dict, active: bool = True) -> tuple[bool, str]:
+        """(warn, the /diagnostics status message) of a snapshot: the last problem, or how captioning goes."""
+        if snap["problems_since_report"]:
+            return True, snap["last_problem"]
+        if snap["counts"].get("frames_captioned"):
+            return False, f"captioning {snap['rates']['captioned']:.1f} Hz, latency {snap['latency_ms']['mean']:.0f} ms"
+        return False, "waiting for paired image + mask frames" if active else "inactive"
+
+    @staticmethod
     def diagnostic_values(snap: dict) -> dict:
         """The /diagnostics key-values of a snapshot: counts, rejections by reason, rates and latencies."""
         counts, rates = snap["counts"], snap["rates"]
