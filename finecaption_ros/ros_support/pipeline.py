@@ -56,8 +56,7 @@ class PipelineConfig:  # the node's parameters of the same names (their defaults
 
 
 @dataclass
-class _Work:
-    """One frame between region selection and the captioner's answer."""
+class _Work:  # one frame between region selection and the captioner's answer
     result: FrameResult
     ids: list[int]
     masks: dict[int, np.ndarray]
@@ -119,8 +118,7 @@ class CaptionPipeline:
             except FrameError as err:
                 decoded.append(err)
             decode_s.append(time.perf_counter() - t0)
-        outs = self.process_batch([d for d in decoded if not isinstance(d, FrameError)], task=task, **options)
-        outs = iter(outs)
+        outs = iter(self.process_batch([d for d in decoded if not isinstance(d, FrameError)], task=task, **options))
         results = [d if isinstance(d, FrameError) else next(outs) for d in decoded]
         for result, seconds in zip(results, decode_s):
             if isinstance(result, FrameResult):
@@ -210,7 +208,7 @@ class CaptionPipeline:
                 return {k: v for w in works for k, v in self._caption(config, [w], task, attrs).items()}
             return {id(works[0]): FrameError("captioner_error", f"captioner refused the frame: {err}")}
         for work in works:
-            work.result.inference_s = time.perf_counter() - t1
+            work.result.inference_s = time.perf_counter() - t1  # the frames of one call share its time
         return {id(w): out for w, out in zip(works, outputs)}
 
 
