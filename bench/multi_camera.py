@@ -8,9 +8,10 @@ which captions the latest frame of every camera in one batch; (b) N finecaption_
 topics (/camK/image + /camK/mask, 256x256, `--regions` regions, a different scene per camera) at `--rate` Hz per
 camera, reliable QoS. Printed per case: captioned frames/s per camera (mean over cameras; frames captioned while
 publishing / publishing time), the batched/separate ratio (target >= 1.5x at 4 cameras), end-to-end latency p95
-(publish -> caption received, over all cameras), and the total resident memory of the node processes (target:
-less for the batched node). Caption reuse is off: every frame goes through the model. Every node keeps its default
-num_threads. Results and the machine they were measured on: bench/README.md.
+(publish -> caption received, over all cameras), the total resident memory of the node processes (target: less for
+the batched node), the median inference ms per caption message (for the batched node: of the whole batch) and the
+CPU time of the node processes per captioned frame. Caption reuse is off: every frame goes through the model. Every
+node keeps its default num_threads (`--batched-threads N` changes the batched node's). Results: bench/README.md.
 """
 from __future__ import annotations
 
@@ -42,10 +43,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def start_nodes(cameras: list[str], batched: bool, params: dict, tag: str) -> list[NodeProcess]:
+def cpu_seconds(procs: list[NodeProcess]) -> float:
+    """User + system CPU time of the node processes so far (/proc/PID/stat fields 14 and 15)."""
+    total = 0
+    for proc in procs:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def start_nodes(cameras: list[str], batched: bool, params: dict, tag: str, threads: int) -> list[NodeProcess]:
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     if batched:
-        cmd = node_command({**params, "cameras": cameras}, name=f"bench_multi_{tag}")
+        cmd = node_command({**params, "cameras": cameras, "num_threads": threads}, name=f"bench_multi_{tag}")
         return [NodeProcess(cmd, logs / f"finecaption_bench_multi_{os.getpid()}_{tag}.log")]
     return [NodeProcess(node_command(params, name=f"bench_multi_{tag}_{c}") + ["-r", f"__ns:=/{c}"],
                         logs / f"finecaption_bench_multi_{os.getpid()}_{tag}_{c}.log") for c in cameras]
@@ -53,7 +64,7 @@ def start_nodes(cameras: list[str], batched: bool, params: dict, tag: str) -> li
 
 def run_case(cameras: list[str], batched: bool, frames: dict, args, params: dict) -> dict:
     tag = f"{len(cameras)}{'b' if batched else 's'}"
-    procs = start_nodes(cameras, batched, params, tag)
+    procs = start_nodes(cameras, batched, params, tag, args.batched_threads)
     clients = {c: Client(f"bench_multi_{tag}_{c}", name=f"bench_multi_client_{tag}_{c}", image_topic=f"/{c}/image",
                          mask_topic=f"/{c}/mask", captions_topic=f"/{c}/region_captions") for c in cameras}
     try:
@@ -80,14 +91,14 @@ def run_case(cameras: list[str], batched: bool, frames: dict, args, params: dict
         time.sleep(1.0)
         for client in clients.values():
             client.clear()
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), cpu_seconds(procs)
         published = 0
         while time.monotonic() - t0 < args.seconds:  # every camera at the same rate, in step
             for c in cameras:
                 publish(c)
             published += 1
             time.sleep(max(0.0, t0 + published / args.rate - time.monotonic()))
-        t_end = time.monotonic()
+        t_end, cpu = time.monotonic(), cpu_seconds(procs) - cpu0
         time.sleep(2.0)
         wall_offset = time.time() - time.monotonic()
         fps, latency, inference = [], [], []
@@ -99,8 +110,10 @@ def run_case(cameras: list[str], batched: bool, frames: dict, args, params: dict
             latency += [(t + wall_offset - (m.header.stamp.sec + m.header.stamp.nanosec * 1e-9)) * 1e3
                         for t, m in arrivals]
         rss = sum(p.rss_mb() for p in procs)
+        captioned = sum(fps) * (t_end - t0)
         return {"fps": statistics.mean(fps), "fps_min": min(fps), "p95": percentile(latency, 0.95),
                 "p50": percentile(latency, 0.5), "rss": rss,
+                "cpu_ms": cpu * 1e3 / captioned if captioned else float("nan"),
                 "inference_ms": statistics.median(inference) if inference else float("nan"), "published": published, "processes": len(procs)}
     finally:
         for client in clients.values():
@@ -116,6 +129,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=15.0, help="frames per second per camera")
     parser.add_argument("--seconds", type=float, default=20.0, help="publishing time per case")
     parser.add_argument("--model", default="", help="model folder (default: the embedded default model)")
+    parser.add_argument("--batched-threads", type=int, default=0,
+                        help="num_threads of the batched node (0 = its default, as every separate node has)")
     args = parser.parse_args()
     params = {"qos": "reliable", "caption_reuse": False, "diagnostics_period": 1.0}
     if args.model:
@@ -123,7 +138,7 @@ def main() -> int:
 
     rclpy.init()
     print(f"{'cams':>4} {'mode':>9} {'procs':>5} | {'fps/cam':>7} {'min':>5} | {'p50 ms':>6} {'p95 ms':>6} | "
-          f"{'RSS MB':>7} | {'infer ms':>8} | load average", flush=True)
+          f"{'RSS MB':>7} | {'infer ms':>8} {'CPU ms/frame':>12} | load average", flush=True)
     try:
         for count in (int(n) for n in args.cameras.split(",")):
             cameras = [f"cam{k}" for k in range(count)]
@@ -133,11 +148,12 @@ def main() -> int:
                 r = results[batched] = run_case(cameras, batched, frames, args, params)
                 print(f"{count:>4} {'batched' if batched else 'separate':>9} {r['processes']:>5} | {r['fps']:>7.2f} "
                       f"{r['fps_min']:>5.2f} | {r['p50']:>6.0f} {r['p95']:>6.0f} | {r['rss']:>7.0f} | "
-                      f"{r['inference_ms']:>8.0f} | "
+                      f"{r['inference_ms']:>8.0f} {r['cpu_ms']:>12.0f} | "
                       f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
             b, s = results[True], results[False]
             print(f"{count:>4} batched/separate: frames/s per camera {b['fps'] / s['fps']:.2f}x, latency p95 "
-                  f"{b['p95'] / s['p95']:.2f}x, memory {b['rss'] / s['rss']:.2f}x", flush=True)
+                  f"{b['p95'] / s['p95']:.2f}x, memory {b['rss'] / s['rss']:.2f}x, CPU per captioned frame "
+                  f"{b['cpu_ms'] / s['cpu_ms']:.2f}x", flush=True)
     finally:
         rclpy.try_shutdown()
     return 0
