@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import time
 
-import numpy as np
 import pytest
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
