@@ -5,7 +5,7 @@ fp16 export with external data, ONNX Runtime vs torch parity on a few frames, CP
 
 Prints export time, graph and data file sizes, peak RSS after each phase, the parity (captions and relative
 error of the prefill logits against the fp32 torch model), and ONNX Runtime's median ms per decode step at 1, 8
-and 32 regions (2 threads). Heavy: ~6 GB of fp32 weights, ~12 GB peak; not part of the tests.
+and 32 regions (2 threads). Heavy (memory: bench/README.md); not part of the tests.
 """
 from __future__ import annotations
 

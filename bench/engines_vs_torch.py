@@ -1,17 +1,10 @@
 """Benchmark (not a test): ONNX Runtime vs torch eager, per frame, on this CPU.
 
 One 640x480 frame with 8 regions, the regional ("dense") task, through `Captioner.caption` (preprocessing, frame
-encoder, region encoder, batched KV-cached greedy decoding). Each backend runs in its own persistent worker process
-(started with multiprocessing's 'spawn' context, loading its Captioner once), as it is deployed: a node runs one
-backend on a stream of frames. The parent sends both workers the same frames in alternating blocks (`--block`,
-default 5 back to back; the order flips every block), so background load hits both alike, with the same thread
-count, and collects the captions and timings. The worker not captioning blocks on its pipe, so only one backend
-computes at a time. Why separate processes and blocks: torch's OpenMP workers spin-wait for a while after every
-torch call; in one shared process they compete with ONNX Runtime's threads, and right after a switch they still
-take cores from the other worker, so the first frame after a switch is not timed (`--block 1` alternates every
-frame and times all: it measures that interference too). Reports the median
-per-frame latency of each (and per stage), their ratio (target >= 1.3x), whether the captions agree, the export
-time and the ONNX file sizes.
+encoder, region encoder, batched KV-cached greedy decoding), each backend in its own persistent worker process, fed
+the same frames in alternating blocks of `--block` frames (the first frame after a switch untimed; why:
+bench/README.md). Reports the median per-frame latency of each (and per stage), their ratio (target >= 1.3x),
+whether the captions agree, the export time and the ONNX file sizes.
 
     PYTHONPATH=. python bench/engines_vs_torch.py [--model DIR] [--threads N] [--frames 40] [--block 5] [--json out.json]
 

@@ -1,9 +1,6 @@
 """fp16 graphs vs fp32 graphs under ONNX Runtime on the CPU: export time and sizes, ms per frame side by side,
 and how many captions stay the same.
 
-The fp16 graphs are what fp16 TensorRT plans are built from; ONNX Runtime's CPU provider has few fp16 kernels and
-casts around the rest, so on a CPU they are a parity check, not a speed-up (on a GPU TensorRT runs them in fp16).
-
     python bench/fp16_graphs.py [--frames 24] [--threads 2] [--model DIR]
 
 640x480 frame, 8 regions, dense task, `Captioner.caption` end to end; the two captioners alternate in blocks of 4

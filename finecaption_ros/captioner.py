@@ -19,10 +19,9 @@ from .model.finecaption import DEFAULT_MODEL_DIR, FineCaptionModel, FrameFeature
 from .model.generate import DecoderSession, TorchDecoderSession, greedy_decode
 from .model.inputs import normalise_frames, region_inputs
 from .results import RegionCaption
-from .tasks import ATTRIBUTE_TASK, GLOBAL_TASK, MAX_NEW_TOKENS, MAX_REGIONS, TASKS, prompt_for, tidy_caption
+from .tasks import ATTRIBUTE_TASK, DEFAULT_MAX_NEW_TOKENS, GLOBAL_TASK, MAX_NEW_TOKENS, MAX_REGIONS, TASKS, prompt_for, tidy_caption
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-DEFAULT_MAX_NEW_TOKENS = 24
 MAX_BATCH = 64  # sequences decoded together; bounds memory when a frame has very many regions x attributes
 
 
@@ -121,37 +120,56 @@ class Captioner:
         others still count as their neighbours, which relative locations are named after. Pass all the frame's
         regions in `masks` for relative locations; a region given alone has no neighbour to name.
         """
+        return self.caption_frames([(image, masks, region_ids)], task, attributes, max_new_tokens)[0]
+
+    def caption_frames(self, frames: Sequence[tuple], task: str = "dense", attributes: Sequence[str] | None = None,
+                       max_new_tokens: int | None = None) -> list[list[RegionCaption]]:
+        """`caption` for several frames (e.g. one per camera) in one call: `frames` is a list of
+        (image, masks, region_ids) tuples, checked as `caption` checks its arguments; returns one list of results
+        per frame. Each frame is encoded on its own and its regions' neighbours come from that frame only; the
+        regions of all frames decode as one batch."""
         started = time.perf_counter()
-        image = _check_image(image)
         task, attributes = self._check_task(task, attributes)
         _check_max_new_tokens(max_new_tokens)
-        if task == GLOBAL_TASK:
-            present, region_masks = [0], np.ones((1,) + image.shape[:2], dtype=bool)
-            wanted = present
-        else:
-            present, region_masks = _split_masks(masks, image.shape[:2])
-            wanted = _check_region_ids(region_ids, present)
-        if wanted != present and not self.config.neighbor_tokens:
-            keep = [present.index(i) for i in wanted]  # no neighbour context: the others need no encoding at all
-            present, region_masks = wanted, region_masks[keep]
+        if not frames:
+            raise CaptionerInputError("no frames given: pass at least one (image, masks, region_ids) tuple")
         config = self.config
-        frame = torch.from_numpy(np.ascontiguousarray(image))[None]
-        hr = normalise_frames(frame, config.hr_image_size, config.image_mean, config.image_std) \
-            if config.use_hr else None
-        lr = normalise_frames(frame, config.lr_image_size, config.image_mean, config.image_std)
-        coverage, boxes, pixel_boxes = region_inputs(region_masks, config.hr_image_size)
+        hr, lr, coverage, boxes, pixel_boxes, frame_index, owners, areas = [], [], [], [], [], [], [], []
+        for f, (image, masks, region_ids) in enumerate(frames):
+            image = _check_image(image)
+            if task == GLOBAL_TASK:
+                present, region_masks = [0], np.ones((1,) + image.shape[:2], dtype=bool)
+                wanted = present
+            else:
+                present, region_masks = _split_masks(masks, image.shape[:2])
+                wanted = _check_region_ids(region_ids, present)
+            if wanted != present and not config.neighbor_tokens:
+                keep = [present.index(i) for i in wanted]  # no neighbour context: the others need no encoding
+                present, region_masks = wanted, region_masks[keep]
+            pixels = torch.from_numpy(np.ascontiguousarray(image))[None]
+            if config.use_hr:
+                hr.append(normalise_frames(pixels, config.hr_image_size, config.image_mean, config.image_std))
+            lr.append(normalise_frames(pixels, config.lr_image_size, config.image_mean, config.image_std))
+            cover, box, pixel_box = region_inputs(region_masks, config.hr_image_size)
+            coverage.append(cover)
+            boxes.append(box)
+            wanted_set = set(wanted)
+            for k, region_id in enumerate(present):
+                frame_index.append(f)
+                owners.append((f, int(region_id), region_id in wanted_set))
+                pixel_boxes.append(pixel_box[k])
+                areas.append(int(region_masks[k].sum()))
         timings = {"preprocess": _ms(started)}
 
         stage = time.perf_counter()
-        frames = self.engine.encode_frames(hr)
+        encoded = self.engine.encode_frames(torch.cat(hr) if hr else None)
         timings["frame_encoder"] = _ms(stage)
         stage = time.perf_counter()
-        visual = self.engine.visual_tokens(lr, coverage, boxes, frames, torch.zeros(len(present), dtype=torch.long))
+        visual = self.engine.visual_tokens(torch.cat(lr), torch.cat(coverage), torch.cat(boxes), encoded,
+                                           torch.tensor(frame_index, dtype=torch.long))
         timings["region_encoder"] = _ms(stage)
 
-        wanted_set = set(wanted)
-        positions = [k for k, region_id in enumerate(present) if region_id in wanted_set]
-        requests = [(i, a) for i in positions for a in (attributes or [None])]
+        requests = [(i, a) for i, (_, _, wanted) in enumerate(owners) if wanted for a in (attributes or [None])]
         stage = time.perf_counter()
         texts, confidences = [], []
         for chunk_start in range(0, len(requests), MAX_BATCH):
@@ -166,13 +184,13 @@ class Captioner:
         timings["decoder"] = _ms(stage)
         timings["total"] = _ms(started)
 
-        results = []
+        results: list[list[RegionCaption]] = [[] for _ in frames]
         for (i, attribute), text, confidence in zip(requests, texts, confidences):
+            f, region_id, _ = owners[i]
             x0, y0, x1, y1 = (int(v) for v in pixel_boxes[i])
-            results.append(RegionCaption(
-                region_id=int(present[i]), task=task, attribute=attribute or "", caption=text,
-                confidence=confidence, bbox=(x0, y0, x1 - x0, y1 - y0), mask_area=int(region_masks[i].sum()),
-                timings_ms=dict(timings)))
+            results[f].append(RegionCaption(
+                region_id=region_id, task=task, attribute=attribute or "", caption=text, confidence=confidence,
+                bbox=(x0, y0, x1 - x0, y1 - y0), mask_area=areas[i], timings_ms=dict(timings)))
         return results
 
     def _check_task(self, task: str, attributes) -> tuple[str, list[str] | None]:

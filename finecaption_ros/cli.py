@@ -14,7 +14,7 @@ import numpy as np
 
 from .cli_args import (ArgumentParser, CommandError, boolean, input_file, int_between, names_from, nonnegative_int,
                        output_dir, output_file, positive_int, run)
-from .tasks import ATTRIBUTES, MAX_NEW_TOKENS, TASKS
+from .tasks import ATTRIBUTES, DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS, TASKS
 from .train_settings import TrainSettings
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -184,8 +184,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--task", default="dense", choices=TASKS)
     p.add_argument("--attributes", type=names_from(), default=None,
                    help=f"comma-separated, for --task attribute: {','.join(ATTRIBUTES)} (or the model's own)")
-    p.add_argument("--max-new-tokens", type=int_between(1, MAX_NEW_TOKENS), default=None,
-                   help="caption length limit in tokens (default: the model's)")
+    p.add_argument("--max-new-tokens", type=int_between(1, MAX_NEW_TOKENS), default=DEFAULT_MAX_NEW_TOKENS,
+                   help=f"caption length limit in tokens (default {DEFAULT_MAX_NEW_TOKENS})")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
     p.add_argument("--bag", help="caption a rosbag2 (folder, .db3 or .mcap) offline, with the node's pairing rules")
     p.add_argument("--image-topic", help="--bag: the sensor_msgs/Image topic of the frames")

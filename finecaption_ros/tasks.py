@@ -17,6 +17,8 @@ ATTRIBUTES = ("category", "color", "texture", "size", "position", "relative_loca
 
 # The longest caption anyone may ask for, in tokens: bounds a decode whose model never says EOS.
 MAX_NEW_TOKENS = 512
+# The caption length when none is asked for (the Captioner's None, the node's max_new_tokens default).
+DEFAULT_MAX_NEW_TOKENS = 24
 # The most regions one frame may hold: every region's full-size mask is held at once (a noisy label map of a large
 # frame could ask for thousands of them).
 MAX_REGIONS = 256

@@ -2,6 +2,11 @@
 
     ros2 launch finecaption_ros finecaption.launch.py image:=/camera/image_raw mask:=/segmenter/instances
     ros2 launch finecaption_ros finecaption.launch.py camera:=v4l2_camera    # also start a USB camera driver
+    ros2 launch finecaption_ros finecaption.launch.py cameras:=[front,left]  # front/image + front/mask, ... in one batch
+    ros2 launch finecaption_ros finecaption.launch.py lifecycle:=true        # a managed node: waits for configure
+
+With `cameras`, each camera's topics are `<ns>/image`, `<ns>/mask` and `<ns>/region_captions` under the node's
+namespace (remap them with `<ns>/image:=...`); the image, mask and captions arguments name the single camera's.
 
 The segmenter (not started here) must publish an instance label image (mono8, mono16 or 32SC1) with the same header
 stamp as the image it segmented (or within sync_slop seconds). Every process started here gets the Fast DDS profile
@@ -9,6 +14,7 @@ for camera-sized frames (finecaption_ros/ros_support/dds.py) unless FASTDDS_DEFA
 When the captioning node exits (a bad model path, Ctrl-C), the whole launch shuts down.
 """
 import os
+from typing import List
 
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable, Shutdown
 from launch.conditions import IfCondition
@@ -63,6 +69,12 @@ def generate_launch_description():
         DeclareLaunchArgument("camera", default_value="none", choices=["none", *CAMERAS],
                               description="camera driver to start"),
         DeclareLaunchArgument("video_device", default_value="/dev/video0", description="camera device"),
+        DeclareLaunchArgument("cameras", default_value="[]",
+                              description="camera namespaces captioned in one batch, e.g. [front,left]; [] = one"),
+        DeclareLaunchArgument("latency_budget", default_value="0.0",
+                              description="seconds a frame may wait for the model before it is dropped; 0 = none"),
+        DeclareLaunchArgument("lifecycle", default_value="false", choices=["true", "false"],
+                              description="a managed (lifecycle) node that waits for configure and activate"),
     ]
     environment = SetEnvironmentVariable(PROFILE_VARIABLE, os.environ.get(PROFILE_VARIABLE) or
                                          str(LARGE_FRAMES_PROFILE))
@@ -90,6 +102,9 @@ def generate_launch_description():
             "task": ParameterValue(LaunchConfiguration("task"), value_type=str),
             "sync_slop": ParameterValue(LaunchConfiguration("sync_slop"), value_type=float),
             "publish_annotated": ParameterValue(LaunchConfiguration("publish_annotated"), value_type=bool),
+            "cameras": ParameterValue(LaunchConfiguration("cameras"), value_type=List[str]),
+            "latency_budget": ParameterValue(LaunchConfiguration("latency_budget"), value_type=float),
+            "lifecycle": ParameterValue(LaunchConfiguration("lifecycle"), value_type=bool),
         }],
         remappings=[
             ("image", LaunchConfiguration("image")),

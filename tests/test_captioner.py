@@ -168,3 +168,24 @@ def test_region_ids_caption_a_subset_with_the_other_regions_as_neighbours(random
     assert subset[0].caption == everything[1].caption
     with pytest.raises(CaptionerInputError, match="not regions"):
         captioner.caption(scene.image, scene.labels, region_ids=[999])
+
+
+def test_several_frames_in_one_call_match_each_frame_alone(random_captioner):
+    """caption_frames (the node's cameras, one batch): each frame is encoded alone and its regions' neighbours come
+    from that frame only, so every frame gets exactly what it gets in a call of its own; sizes may differ."""
+    generator = SceneGenerator(split="eval", seed=23)
+    a, b = generator.sample(), generator.sample()
+    small = (b.image[::2, ::2].copy(), b.labels[::2, ::2].copy())
+    frames = [(a.image, a.labels, None), (small[0], small[1], None), (a.image, a.labels, [int(a.labels.max())])]
+    together = random_captioner.caption_frames(frames, task="attribute", attributes=["relative_location", "color"])
+    assert len(together) == 3
+    for (image, labels, ids), got in zip(frames, together):
+        alone = random_captioner.caption(image, labels, task="attribute", attributes=["relative_location", "color"],
+                                         region_ids=ids)
+        assert [(r.region_id, r.attribute, r.caption, r.bbox, r.mask_area) for r in got] == \
+            [(r.region_id, r.attribute, r.caption, r.bbox, r.mask_area) for r in alone]
+        assert [r.confidence for r in got] == pytest.approx([r.confidence for r in alone], rel=1e-4)
+    with pytest.raises(CaptionerInputError, match="no frames"):
+        random_captioner.caption_frames([])
+    with pytest.raises(CaptionerInputError, match="label map is"):  # a bad frame is named by the same checks
+        random_captioner.caption_frames([frames[0], (a.image, small[1], None)])

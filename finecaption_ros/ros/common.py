@@ -22,6 +22,15 @@ _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEG
           list: ParameterType.PARAMETER_STRING_ARRAY}
 
 
+def declaration(spec: ParamSpec) -> tuple:
+    """(name, default, descriptor) for Node.declare_parameters. rclpy types an empty list as a byte array, so a
+    parameter whose default is [] is dynamically typed; validation (params.py) still wants a list of strings."""
+    desc = descriptor(spec)
+    if spec.default == []:
+        desc.type, desc.dynamic_typing = ParameterType.PARAMETER_NOT_SET, True
+    return spec.name, spec.default, desc
+
+
 def descriptor(spec: ParamSpec) -> ParameterDescriptor:
     desc = ParameterDescriptor(name=spec.name, type=_TYPES[type(spec.default)], read_only=spec.read_only)
     text = spec.description

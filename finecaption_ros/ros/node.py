@@ -1,18 +1,21 @@
-"""finecaption_node: captions the masked regions of paired image + instance-mask frames.
+"""finecaption_node: captions the masked regions of paired image + instance-mask frames, from one or more cameras.
 
 Subscribes: `image` (sensor_msgs/Image: rgb8, bgr8, rgba8, bgra8, mono8) and `mask` (instance label image: mono8,
-mono16, 32SC1; 0 = background), paired by header stamp (exact, or within `sync_slop`).
-Publishes: `region_captions` (finecaption_ros/RegionCaptionArray, header copied from the image),
-`~/annotated_image` (when `publish_annotated`), `/diagnostics` (diagnostic_msgs/DiagnosticArray).
+mono16, 32SC1; 0 = background), paired by header stamp (exact, or within `sync_slop`); with `cameras:=[front, left]`,
+`front/image` + `front/mask`, `left/image` + `left/mask`, each camera paired on its own.
+Publishes: `region_captions` (finecaption_ros/RegionCaptionArray, header copied from the image; per camera
+`<ns>/region_captions`), `~/annotated_image` (`~/<ns>/annotated_image`) when `publish_annotated`, `/diagnostics`.
 Service: `~/caption_regions` (finecaption_ros/CaptionRegions).
 
 Threads: one SingleThreadedExecutor thread receives images, masks, parameter calls and timers; one worker thread
-runs every caption, stream frames and service requests alike; a second single-threaded executor only takes
-service requests and waits (without the GIL) for the worker's answer. A MultiThreadedExecutor's Python threads
-would hold the GIL in turns with the inference thread, whose hundreds of small torch ops each need it back.
-Latest-frame policy: at most one paired frame waits; a newer one replaces it and the older is counted as dropped.
-Bad input is logged in one line, counted in diagnostics and never stops the node; Ctrl-C stops the worker before
-the ROS context goes down.
+runs every caption, stream frames and service requests alike (service.py: the service waits on its own thread). A
+MultiThreadedExecutor's Python threads would hold the GIL in turns with the inference thread, whose hundreds of
+small torch ops each need it back. At most one paired frame waits per camera (a newer one replaces it: dropped);
+the worker captions the waiting frame of every camera in one batch, dropping (and counting) any that waited longer
+than `latency_budget`. A lifecycle node: `lifecycle:=true` waits for a manager (configure loads the model and
+opens the topics, activate takes frames, deactivate counts arriving frames as frames_inactive, cleanup releases
+the model); otherwise it configures and activates itself. Bad input is logged in one line, counted in diagnostics
+and never stops the node; Ctrl-C stops the worker before the ROS context goes down.
 """
 from __future__ import annotations
 
@@ -21,75 +24,98 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.node import Node
-from rclpy.qos import QoSProfile
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 
 from finecaption_ros.msg import RegionCaptionArray
-from finecaption_ros.srv import CaptionRegions
 
 from ..ros_support.annotate import annotate
+from ..ros_support.dds import use_large_frame_transport
 from ..ros_support.errors import FrameError
 from ..ros_support.image_codec import check_image, check_mask, encode
-from ..ros_support.dds import use_large_frame_transport
-from ..ros_support.latest import REQUEST, LatestSlot
+from ..ros_support.latest import REQUEST, LatestSlot, PairedFrame, ServiceJob
 from ..ros_support.pairing import IMAGE, MASK, StampPairer
 from ..ros_support.params import NODE_PARAMS, validate
 from ..ros_support.pipeline import CaptionPipeline, PipelineConfig
-from ..ros_support.startup import StartupError, inference_threads, load_captioner
+from ..ros_support.startup import StartupError, inference_threads, load_captioner, warm_up
 from ..ros_support.stats import NodeStats, rss_mb
 from ..tasks import ATTRIBUTES
-from .common import BatchParameterService, ProblemLog, bounded, captions_message, descriptor, fill_image, qos_profile, stamp_ns
+from .service import CaptionService
+from .common import BatchParameterService, ProblemLog, bounded, captions_message, declaration, fill_image, qos_profile, stamp_ns
 
 NODE_NAME = "finecaption_node"
+SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
-@dataclass
-class _Frame:
-    image: Image
-    mask: Image
-    stamp_ns: int
-    received: float  # time.monotonic() when the pair formed
-    pairing_s: float  # executor-thread time of both callbacks (header checks + pairing)
+def _topic(camera: str, name: str) -> str:
+    return f"{camera}/{name}" if camera else name
 
 
-@dataclass
-class _Request:
-    request: object
-    response: object
-    received: float
-    done: threading.Event = field(default_factory=threading.Event)
-
-
-class FineCaptionNode(Node):
+class FineCaptionNode(LifecycleNode):
     def __init__(self, captioner=None, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, start_parameter_services=False, **kwargs)
         self._parameter_service = BatchParameterService(self)
-        self.stats = NodeStats()
-        self._known_attributes = tuple(ATTRIBUTES)
+        self._given_captioner, self._known_attributes = captioner, tuple(ATTRIBUTES)
         self.log = ProblemLog(self.get_logger())
-        self._running = True
-        self._annotated_failed = False
+        self._running = self._active = self._annotated_failed = False
+        self._startup_error: StartupError | None = None
+        self._subs, self._pubs, self._tims = [], [], []  # made in configure, gone in cleanup (rclpy owns _timers)
+        self.captioner = self.pipeline = self.worker = self.service = None
+        self.pairers: dict[str, StampPairer] = {}
 
         self.add_on_set_parameters_callback(self._validate_parameters)
         try:
-            self.declare_parameters("", [(s.name, s.default, descriptor(s)) for s in NODE_PARAMS])
+            self.declare_parameters("", [declaration(s) for s in NODE_PARAMS])
         except Exception as err:  # rclpy's InvalidParameterValueException / InvalidParameterTypeException
             raise StartupError(f"invalid parameter: {err}") from err
-        p = self.param_values()
+        self.cameras = tuple(self.get_parameter("cameras").value or ()) or ("",)
+        self.stats = NodeStats([c for c in self.cameras if c])
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        if not self.get_parameter("lifecycle").value:  # unmanaged: straight to active, or a start-up error
+            if self.trigger_configure() != SUCCESS:
+                raise self._startup_error or StartupError("configure failed")
+            self.trigger_activate()
 
-        self.captioner = captioner or load_captioner(p["model_path"], p["backend"], p["engine_dir"], p["num_threads"],
-                                                           precision=p["engine_precision"],
-                                                           on_mismatch=p["engine_on_mismatch"])
+    # ----------------------------------------------------------------------------------------------- lifecycle
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except StartupError as err:
+            self._startup_error = err
+            self._close()
+            if self.get_parameter("lifecycle").value:  # a manager may fix a parameter and configure again
+                self.log.error("configure", f"configure failed: {err}")
+            return FAILURE
+        return SUCCESS
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        self._active = True
+        return super().on_activate(state)
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        self._active = False
+        for frame in self.slot.clear():
+            self.stats.count("frames_inactive", camera=frame.camera)
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self._close()
+        return SUCCESS
+
+    on_shutdown = on_cleanup
+
+    def _configure(self) -> None:
+        p = self.param_values()
+        self.captioner = self._given_captioner or load_captioner(
+            p["model_path"], p["backend"], p["engine_dir"], p["num_threads"], precision=p["engine_precision"],
+            on_mismatch=p["engine_on_mismatch"])
         self.model_id = str(getattr(self.captioner, "model_id", "unknown"))
         self.backend = str(getattr(self.captioner, "backend", p["backend"]))
         self._known_attributes = tuple(getattr(self.captioner, "supported_attributes", ATTRIBUTES))
@@ -97,54 +123,49 @@ class FineCaptionNode(Node):
         if reason:
             raise StartupError(f"invalid parameter: {reason}")
         self.pipeline = CaptionPipeline(self.captioner, PipelineConfig.from_params(p))
-        self._warm_up()
-        self.pairer = StampPairer(int(p["sync_slop"] * 1e9), int(p["sync_timeout"] * 1e9), p["sync_queue_size"])
+        self.get_logger().debug(f"warm-up took {warm_up(self.captioner):.2f} s")
+        self.pairers = {c: StampPairer(int(p["sync_slop"] * 1e9), int(p["sync_timeout"] * 1e9),
+                                       p["sync_queue_size"]) for c in self.cameras}
         self.slot = LatestSlot(max_requests=1)  # the service executor hands over one request at a time
-        self.add_post_set_parameters_callback(self._apply_parameters)
 
         qos = qos_profile(p["qos"], p["qos_depth"])
-        for topic, kind in (("image", IMAGE), ("mask", MASK)):
-            events = SubscriptionEventCallbacks(
-                message_lost=lambda info, topic=topic: self._on_lost(topic, info),
-                incompatible_qos=lambda info, topic=topic: self._on_incompatible(topic, info))
-            self.create_subscription(Image, topic, lambda msg, kind=kind: self._on_input(kind, msg), qos,
-                                     event_callbacks=events)
-        self.captions_pub = self.create_publisher(RegionCaptionArray, "region_captions", 50)
-        self.annotated_pub = self.create_publisher(Image, "~/annotated_image", 2)
+        self.captions_pubs, self.annotated_pubs = {}, {}
+        for camera in self.cameras:
+            for name, kind in (("image", IMAGE), ("mask", MASK)):
+                topic = _topic(camera, name)
+                events = SubscriptionEventCallbacks(
+                    message_lost=lambda info, topic=topic: self._on_lost(topic, info),
+                    incompatible_qos=lambda info, topic=topic: self._on_incompatible(topic, info))
+                self._subs.append(self.create_subscription(
+                    Image, topic, lambda msg, kind=kind, camera=camera: self._on_input(camera, kind, msg), qos,
+                    event_callbacks=events))
+            self.captions_pubs[camera] = self.create_publisher(RegionCaptionArray, _topic(camera, "region_captions"),
+                                                               50)
+            self.annotated_pubs[camera] = self.create_publisher(Image, _topic(f"~/{camera}".rstrip("/"),
+                                                                              "annotated_image"), 2)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
-        self.create_timer(0.1, self._expire)
+        self._pubs += [*self.captions_pubs.values(), *self.annotated_pubs.values(), self.diagnostics_pub]
+        self._tims += [self.create_timer(p["diagnostics_period"], self._publish_diagnostics),
+                         self.create_timer(0.1, self._expire)]
+        self._running = True
         self.worker = threading.Thread(target=self._work, name="finecaption-inference", daemon=True)
         self.worker.start()
-        # The service lives on a hidden helper node with its own executor thread, which waits while the worker
-        # captions a request; parameter calls on this node stay answered meanwhile. Created last: once the
-        # service is there, the node is ready.
-        self._service_node = Node(f"_{self.get_name()}_service", namespace=self.get_namespace(),
-                                  context=self.context, use_global_arguments=False, enable_rosout=False,
-                                  start_parameter_services=False)
-        self._service_node.create_service(
-            CaptionRegions, f"{self.get_fully_qualified_name()}/caption_regions", self._on_service,
-            qos_profile=QoSProfile(depth=p["service_queue_depth"]))
-        self._service_executor = SingleThreadedExecutor(context=self.context)
-        self._service_executor.add_node(self._service_node)
-        self._service_thread = threading.Thread(target=self._spin_service, name="finecaption-service", daemon=True)
-        self._service_thread.start()
-        self.get_logger().info(
-            f"ready: model {self.model_id} ({self.backend}), task {p['task']}; "
-            f"{self.resolve_topic_name('image')} + {self.resolve_topic_name('mask')} -> "
-            f"{self.resolve_topic_name('region_captions')} (QoS {p['qos']})")
+        # Created last: once the service is there, the node is ready.
+        self.service = CaptionService(self, p["service_queue_depth"], self._hand_over, self.log)
+        inputs = ", ".join(" + ".join(self.resolve_topic_name(_topic(c, n)) for n in ("image", "mask")) +
+                           f" -> {self.resolve_topic_name(_topic(c, 'region_captions'))}" for c in self.cameras)
+        self.get_logger().info(f"ready: model {self.model_id} ({self.backend}), task {p['task']}; {inputs} "
+                               f"(QoS {p['qos']})")
 
-    def _warm_up(self) -> None:
-        """One small caption before the node reports ready, so the first real frame is not the slow one."""
-        t0 = time.perf_counter()
-        image = np.zeros((64, 64, 3), np.uint8)
-        labels = np.zeros((64, 64), np.int32)
-        labels[16:48, 16:48] = 1
-        try:
-            self.captioner.caption(image, labels, task="dense", max_new_tokens=2)
-        except Exception as err:  # a model that cannot caption at all fails here, clearly, at start-up
-            raise StartupError(f"the model cannot caption a test frame: {type(err).__name__}: {err}") from err
-        self.get_logger().debug(f"warm-up took {time.perf_counter() - t0:.2f} s")
+    def _close(self) -> None:
+        """Stop the worker and the service thread, destroy what configure made and release the model."""
+        self.stop()
+        for destroy, entities in ((self.destroy_subscription, self._subs), (self.destroy_timer, self._tims),
+                                  (self.destroy_publisher, self._pubs)):
+            for entity in entities:
+                destroy(entity)
+            entities.clear()
+        self.captioner = self.pipeline = None
 
     # ----------------------------------------------------------------------------------------------- parameters
     def param_values(self) -> dict:
@@ -152,17 +173,20 @@ class FineCaptionNode(Node):
 
     def _validate_parameters(self, params) -> SetParametersResult:
         changes = {p.name: p.value for p in params}
-        if "attributes" in changes and changes["attributes"] is not None:
-            changes["attributes"] = list(changes["attributes"])
+        for name in ("attributes", "cameras"):
+            if name in changes and changes[name] is not None:
+                changes[name] = list(changes[name])
         reason = validate(changes, self.param_values(), self._known_attributes)
         return SetParametersResult(successful=not reason, reason=reason or "")
 
     def _apply_parameters(self, params) -> None:
         values = self.param_values()
-        self.pipeline.configure(PipelineConfig.from_params(values))
-        self.pairer.slop_ns = int(values["sync_slop"] * 1e9)
-        self.pairer.timeout_ns = int(values["sync_timeout"] * 1e9)
-        self.pairer.max_pending = int(values["sync_queue_size"])
+        if self.pipeline is not None:
+            self.pipeline.configure(PipelineConfig.from_params(values))
+        for pairer in self.pairers.values():
+            pairer.slop_ns = int(values["sync_slop"] * 1e9)
+            pairer.timeout_ns = int(values["sync_timeout"] * 1e9)
+            pairer.max_pending = int(values["sync_queue_size"])
 
     # ----------------------------------------------------------------------------------------------- logging
     def _reject(self, err: FrameError, what: str = "frame") -> None:
@@ -184,19 +208,23 @@ class FineCaptionNode(Node):
                 self.log.error("publish", f"cannot publish on {publisher.topic_name}: {err}")
 
     # ----------------------------------------------------------------------------------------------- inputs
-    def _on_input(self, kind: str, msg: Image) -> None:
+    def _on_input(self, camera: str, kind: str, msg: Image) -> None:
         t0 = time.perf_counter()
-        self.stats.count("images_received" if kind == IMAGE else "masks_received")
-        self.stats.tick("images" if kind == IMAGE else "masks")
-        limit = self.pipeline.config.max_image_pixels
+        self.stats.count("images_received" if kind == IMAGE else "masks_received", camera=camera)
+        self.stats.tick("images" if kind == IMAGE else "masks", camera)
+        if not self._active:
+            if kind == IMAGE:
+                self.stats.count("frames_inactive", camera=camera)
+            return
         try:
-            (check_image if kind == IMAGE else check_mask)(msg, limit)
+            (check_image if kind == IMAGE else check_mask)(msg, self.pipeline.config.max_image_pixels)
         except FrameError as err:
             self._reject(err, kind)
             return
         checked_s = time.perf_counter() - t0
-        result = self.pairer.add(kind, stamp_ns(msg.header.stamp), (msg, checked_s), time.monotonic_ns())
-        self._count_dropped(result.dropped)
+        pairer = self.pairers[camera]
+        result = pairer.add(kind, stamp_ns(msg.header.stamp), (msg, checked_s), time.monotonic_ns())
+        self._count_dropped(camera, result.dropped)
         if result.pair is None:
             return
         (image, image_s), (mask, mask_s) = result.pair
@@ -205,16 +233,17 @@ class FineCaptionNode(Node):
             self._reject(FrameError("size_mismatch", f"image is {image.width}x{image.height} but mask is "
                                                      f"{mask.width}x{mask.height} (stamp {_stamp_text(image)})"))
             return
-        self.stats.count("frames_paired")
-        self.stats.tick("paired")
-        frame = _Frame(image, mask, result.stamp_ns, time.monotonic(), time.perf_counter() - t0 + partner_s)
-        if self.slot.put(frame) is not None:
-            self.stats.count("frames_dropped")
+        self.stats.count("frames_paired", camera=camera)
+        self.stats.tick("paired", camera)
+        frame = PairedFrame(camera, image, mask, result.stamp_ns, time.monotonic(),
+                            time.perf_counter() - t0 + partner_s)
+        if self.slot.put(frame, camera) is not None:
+            self.stats.count("frames_dropped", camera=camera)
 
     def _on_lost(self, topic: str, info) -> None:
         """DDS reports messages that never reached the node (e.g. the subscription queue overflowed)."""
-        n = int(info.total_count_change)
-        self.stats.problem(f"lost_{topic}s", f"{n} {topic} message(s) lost before reaching the node", n)
+        n, kind = int(info.total_count_change), topic.rsplit("/", 1)[-1]
+        self.stats.problem(f"lost_{kind}s", f"{n} {topic} message(s) lost before reaching the node", n)
         self.log.warn(f"lost_{topic}", f"{n} {topic} message(s) lost in DDS before reaching the node (publisher "
                                     f"faster than this subscription, or frames too large for its transport)")
 
@@ -224,14 +253,15 @@ class FineCaptionNode(Node):
                                     "set the qos parameter to match it")
 
     def _expire(self) -> None:
-        self._count_dropped(self.pairer.expire(time.monotonic_ns()))
+        for camera, pairer in self.pairers.items():
+            self._count_dropped(camera, pairer.expire(time.monotonic_ns()))
 
-    def _count_dropped(self, dropped) -> None:
+    def _count_dropped(self, camera: str, dropped) -> None:
         for item in dropped:
             counter = "unmatched_images" if item.kind == IMAGE else "unmatched_masks"
-            line = item.describe(self.pairer)
-            self.stats.problem(counter, line)
-            self.log.warn(f"{counter}_{item.why}", line)
+            line = item.describe(self.pairers[camera])
+            self.stats.problem(counter, f"{camera}: {line}" if camera else line)
+            self.log.warn(f"{counter}_{item.why}_{camera}", f"{camera}: {line}" if camera else line)
 
     # ----------------------------------------------------------------------------------------------- worker
     def _work(self) -> None:
@@ -244,144 +274,115 @@ class FineCaptionNode(Node):
                 self._answer(item)
                 continue
             try:
-                self._caption_frame(item)
+                self._caption_frames(item)
             except Exception as err:  # never let the worker die
                 self._reject(FrameError("captioner_error", f"captioning failed: {type(err).__name__}: {err}"))
                 self.log.debug(traceback.format_exc())
 
-    def _caption_frame(self, frame: _Frame) -> None:
-        try:
-            result = self.pipeline.process_messages(frame.image, frame.mask)
-        except FrameError as err:
-            self._reject(err)
-            return
-        for counter, line, n in result.problems:
-            self.stats.problem(counter, line, n)
-            self.log.warn(counter, line)
-        t_publish = time.perf_counter()
-        msg = captions_message(result, frame.image.header, self.model_id, self.backend)
-        msg.processing_latency = time.monotonic() - frame.received
-        self._publish(self.captions_pub, msg)
-        publish_s = time.perf_counter() - t_publish
-        if self.get_parameter("publish_annotated").value:
-            self._publish_annotated(result, frame.image.header)
-        with self.stats.lock:
-            self.stats.counts["frames_captioned"] += 1
-            self.stats.counts["regions_captioned"] += result.computed
-            self.stats.counts["regions_reused"] += result.reused
-            self.stats.rates["captioned"].tick()
-            self.stats.latency_ms.add(msg.processing_latency * 1e3)
-            self.stats.inference_ms.add(result.inference_s * 1e3)
-            self.stats.overhead_ms.add((frame.pairing_s + result.decode_s + result.select_s + publish_s) * 1e3)
+    def _caption_frames(self, frames: list[PairedFrame]) -> None:
+        """The latest frame of every camera that has one, in one batch; frames over the latency budget dropped."""
+        budget, now = self.get_parameter("latency_budget").value, time.monotonic()
+        stale = [f for f in frames if budget and now - f.received > budget]
+        for frame in stale:
+            self.stats.count("frames_stale", camera=frame.camera)
+            self.log.warn(f"stale_{frame.camera}", f"{frame.camera or 'frame'} stamped {_stamp_text(frame.image)} "
+                          f"waited {now - frame.received:.3f} s, more than latency_budget = {budget:g} s; dropped")
+        frames = [f for f in frames if f not in stale]
+        results = self.pipeline.process_message_batch([(f.image, f.mask) for f in frames]) if frames else []
+        for frame, result in zip(frames, results):
+            if isinstance(result, FrameError):
+                self._reject(result)
+                continue
+            for counter, line, n in result.problems:
+                self.stats.problem(counter, line, n)
+                self.log.warn(counter, line)
+            t_publish = time.perf_counter()
+            msg = captions_message(result, frame.image.header, self.model_id, self.backend)
+            msg.processing_latency = time.monotonic() - frame.received
+            self._publish(self.captions_pubs[frame.camera], msg)
+            publish_s = time.perf_counter() - t_publish
+            if self.get_parameter("publish_annotated").value:
+                self._publish_annotated(result, frame)
+            self.stats.captioned(frame.camera, msg.processing_latency * 1e3, result.inference_s * 1e3,
+                                 (frame.pairing_s + result.decode_s + result.select_s + publish_s) * 1e3,
+                                 result.computed, result.reused)
 
-    def _publish_annotated(self, result, header) -> None:
+    def _publish_annotated(self, result, frame: PairedFrame) -> None:
         try:
             drawn = annotate(result.image, result.labels, result.captions)
             out = fill_image(Image(), encode(drawn, "rgb8"))
-            out.header = header
+            out.header = frame.image.header
         except Exception as err:
             if not self._annotated_failed:
                 self.log.error("annotate", f"cannot draw the annotated image: {err}")
                 self._annotated_failed = True
             return
-        self._publish(self.annotated_pub, out)
+        self._publish(self.annotated_pubs[frame.camera], out)
 
     # ----------------------------------------------------------------------------------------------- service
-    def _spin_service(self) -> None:
-        while self._running:
-            try:
-                self._service_executor.spin_once(timeout_sec=0.25)
-            except Exception as err:  # the context went down under it (shutdown): nothing left to serve
-                if self._running and self.context.ok():
-                    self.log.error("service_executor", f"service executor failed: {type(err).__name__}: {err}")
-                return
+    def _hand_over(self, job: ServiceJob) -> str | None:
+        """On the service thread: queue a request for the worker; the refusal to answer instead, or None."""
+        if not self._active:
+            return "finecaption_node is inactive"
+        return None if self.slot.put_request(job) else "finecaption_node is shutting down"
 
-    def _on_service(self, request, response):
-        """On the service executor thread: hand the request to the worker and wait for its answer."""
-        job = _Request(request, response, time.monotonic())
-        if self.slot.put_request(job):
-            while not job.done.wait(0.25):
-                if not self._running:
-                    break
-            if job.done.is_set():
-                return response
-        response.success = False
-        response.message = "finecaption_node is shutting down"
-        return response
-
-    def _answer(self, job: _Request) -> None:
+    def _answer(self, job: ServiceJob) -> None:
+        """On the worker: caption a service request (never with caption reuse) and wake its caller."""
+        request, response = job.request, job.response
         try:
-            self._caption_request(job.request, job.response, job.received)
-        except Exception as err:  # never let the worker die
-            job.response.success = False
-            job.response.message = bounded(f"captioning failed: {type(err).__name__}: {err}")
-        finally:
-            job.done.set()
-
-    def _caption_request(self, request, response, t0: float) -> None:
-        try:
-            attributes = list(request.attributes) or None
             result = self.pipeline.process_messages(request.image, request.mask, task=request.task or None,
-                                                    attributes=attributes, use_reuse=False)
+                                                    attributes=list(request.attributes) or None, use_reuse=False)
+            response.success = True
+            response.result = captions_message(result, request.image.header, self.model_id, self.backend)
+            response.result.processing_latency = time.monotonic() - job.received
+            self.stats.count("service_calls")
+            with self.stats.lock:
+                self.stats.service_ms.add(response.result.processing_latency * 1e3)
         except FrameError as err:
-            response.success = False
-            response.message = bounded(str(err))
+            response.success, response.message = False, bounded(str(err))
             self.stats.problem("service_errors", f"caption_regions refused: {response.message}")
             self.log.warn("service_refused", f"caption_regions request refused ({err.reason}): {err}")
-            return
-        except Exception as err:
+        except Exception as err:  # never let the worker die
             response.success = False
             response.message = bounded(f"captioning failed: {type(err).__name__}: {err}")
             self.stats.problem("service_errors", response.message)
             self.log.error("service_failed", response.message)
-            return
-        response.success = True
-        response.result = captions_message(result, request.image.header, self.model_id, self.backend)
-        response.result.processing_latency = time.monotonic() - t0
-        self.stats.count("service_calls")
-        with self.stats.lock:
-            self.stats.service_ms.add(response.result.processing_latency * 1e3)
+        finally:
+            job.done.set()
 
     # ----------------------------------------------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
-        snap = self.stats.snapshot()
-        counts, rates = snap["counts"], snap["rates"]
-        p = self.param_values()
+        snap, p = self.stats.snapshot(), self.param_values()
         values = {"model_id": self.model_id, "backend": self.backend, "task": p["task"],
-                  "inference_threads": inference_threads(p["num_threads"]), **self.stats.diagnostic_values(snap),
-                  "service_queue_depth": p["service_queue_depth"], "frame_waiting": int(self.slot.waiting),
-                  "pending_images": self.pairer.pending(IMAGE), "pending_masks": self.pairer.pending(MASK),
+                  "inference_threads": inference_threads(p["num_threads"]), "active": self._active,
+                  **self.stats.diagnostic_values(snap), "service_queue_depth": p["service_queue_depth"],
+                  "frame_waiting": self.slot.waiting,
+                  "pending_images": sum(q.pending(IMAGE) for q in self.pairers.values()),
+                  "pending_masks": sum(q.pending(MASK) for q in self.pairers.values()),
                   "reuse_entries": len(self.pipeline.reuse), "rss_mb": f"{rss_mb():.1f}"}
-        status = DiagnosticStatus()
-        status.name = f"{self.get_fully_qualified_name().lstrip('/')}: region captioning"
-        status.hardware_id = self.model_id
-        if snap["problems_since_report"]:
-            status.level = DiagnosticStatus.WARN
-            status.message = snap["last_problem"]
-        else:
-            status.level = DiagnosticStatus.OK
-            status.message = (f"captioning {rates['captioned']:.1f} Hz, latency "
-                              f"{snap['latency_ms']['mean']:.0f} ms" if counts.get("frames_captioned")
-                              else "waiting for paired image + mask frames")
+        warn, message = NodeStats.summary(snap, self._active)
+        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name().lstrip('/')}: region captioning",
+                                  hardware_id=self.model_id, message=message,
+                                  level=DiagnosticStatus.WARN if warn else DiagnosticStatus.OK)
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-        array = DiagnosticArray()
+        array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
-        array.status = [status]
         self._publish(self.diagnostics_pub, array)
 
     def stop(self) -> None:
         """Stop the worker and the service thread (before the ROS context goes down: they publish and answer)."""
-        self._running = False
+        self._running = self._active = False
+        if self.worker is None:
+            return
         for job in self.slot.close():
             job.done.set()  # its caller answers "shutting down"
-        for thread in (self.worker, self._service_thread):
-            if thread.is_alive() and thread is not threading.current_thread():
-                thread.join(timeout=10.0)
+        if self.worker is not threading.current_thread():
+            self.worker.join(timeout=10.0)
+        self.service.stop()
+        self.worker = self.service = None
 
     def destroy_node(self) -> None:
-        if hasattr(self, "_service_node"):  # (a node interrupted during start-up has none)
-            self._service_executor.shutdown(timeout_sec=1.0)
-            self._service_node.destroy_node()
+        self._close()
         super().destroy_node()
 
 

@@ -47,8 +47,12 @@ class SourceNode(Node):
         if p["bag"]:
             self._open_bag(p)
             return
-        frames = open_source(p["source"], p["width"], p["height"], p["seed"], p["scale"], p["split"],
-                             p["mask_dir"], p["loop"])
+        scenes = None
+        if p["source"] == "synthetic":  # the demo camera draws the scenes the default model was trained on
+            from ..data.scenes import SceneGenerator
+
+            scenes = SceneGenerator(height=p["height"], width=p["width"], seed=p["seed"], split=p["split"])
+        frames = open_source(p["source"], p["scale"], p["mask_dir"], p["loop"], scenes=scenes)
         first = next(frames, None)  # open the source now: a missing file or OpenCV fails at start-up
         if first is None:
             raise SourceError(f"source {p['source']!r} has no frames")

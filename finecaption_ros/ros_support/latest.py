@@ -1,33 +1,52 @@
-"""The hand-over between the executor thread and the inference worker: the latest-frame slot (at most one frame
-waits; a newer frame replaces it and the replaced one is counted as dropped) and a bounded queue of service
-requests, which the worker takes in turn with the frames so that neither starves the other."""
+"""The hand-over between the executor thread and the inference worker: the latest-frame slot of each camera (at
+most one frame waits per camera; a newer frame replaces it and the replaced one is counted as dropped) and a
+bounded queue of service requests, which the worker takes in turn with the frames so that neither starves the
+other. The worker takes the waiting frames of every camera at once, to caption them in one batch."""
 from __future__ import annotations
 
 import threading
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 FRAME, REQUEST = "frame", "request"
 
 
+@dataclass
+class PairedFrame:
+    camera: str  # "" for the node's own image + mask topics
+    image: Any  # sensor_msgs/Image
+    mask: Any
+    stamp_ns: int
+    received: float  # time.monotonic() when the pair formed
+    pairing_s: float  # executor-thread time of both callbacks (header checks + pairing)
+
+
+@dataclass
+class ServiceJob:
+    request: Any
+    response: Any
+    received: float
+    done: threading.Event = field(default_factory=threading.Event)
+
+
 class LatestSlot:
     def __init__(self, max_requests: int = 0):
         self._cond = threading.Condition()
-        self._item: Any = None
-        self._has_item = False
+        self._items: dict[Any, Any] = {}  # camera -> its latest frame
         self._requests: deque = deque()
         self.max_requests = max_requests
         self._last = REQUEST
         self._closed = False
         self.dropped = 0
 
-    def put(self, item: Any) -> Any:
-        """Store `item`; return the frame it replaced (now dropped), or None."""
+    def put(self, item: Any, key: Any = "") -> Any:
+        """Store `item` as camera `key`'s latest frame; return the frame it replaced (now dropped), or None."""
         with self._cond:
-            replaced = self._item if self._has_item else None
-            if self._has_item:
+            replaced = self._items.pop(key, None)
+            if replaced is not None:
                 self.dropped += 1
-            self._item, self._has_item = item, True
+            self._items[key] = item
             self._cond.notify()
             return replaced
 
@@ -41,29 +60,32 @@ class LatestSlot:
             return True
 
     def take(self, timeout: float | None = None) -> Any:
-        """Wait for a frame and remove it; None on timeout or once closed. (Frames only; see take_work.)"""
+        """Wait for a frame of camera "" and remove it; None on timeout or once closed. (See take_work.)"""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._has_item or self._closed, timeout):
+            if not self._cond.wait_for(lambda: "" in self._items or self._closed, timeout):
                 return None
-            return self._take_frame() if self._has_item else None
+            return self._items.pop("", None)
 
     def take_work(self, timeout: float | None = None) -> tuple[str, Any] | None:
-        """Wait for a frame or a request: (FRAME, frame) or (REQUEST, request), alternating when both wait;
-        None on timeout or once closed."""
+        """Wait for frames or a request: (FRAME, [the latest frame of every camera that has one]) or
+        (REQUEST, request), alternating when both wait; None on timeout or once closed."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._has_item or self._requests or self._closed, timeout):
+            if not self._cond.wait_for(lambda: self._items or self._requests or self._closed, timeout):
                 return None
             if self._closed:
                 return None
-            if self._requests and (not self._has_item or self._last == FRAME):
+            if self._requests and (not self._items or self._last == FRAME):
                 self._last = REQUEST
                 return REQUEST, self._requests.popleft()
             self._last = FRAME
-            return FRAME, self._take_frame()
+            frames, self._items = list(self._items.values()), {}
+            return FRAME, frames
 
-    def _take_frame(self) -> Any:
-        item, self._item, self._has_item = self._item, None, False
-        return item
+    def clear(self) -> list:
+        """Remove the waiting frames (the node stopped taking frames); returns them."""
+        with self._cond:
+            frames, self._items = list(self._items.values()), {}
+            return frames
 
     def close(self) -> list:
         """Wake the worker for good; returns the requests still queued (their callers are told)."""
@@ -74,9 +96,10 @@ class LatestSlot:
             return left
 
     @property
-    def waiting(self) -> bool:
+    def waiting(self) -> int:
+        """Frames waiting (at most one per camera)."""
         with self._cond:
-            return self._has_item
+            return len(self._items)
 
     @property
     def requests_waiting(self) -> int:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 
-from ..tasks import ATTRIBUTE_TASK, ATTRIBUTES, MAX_NEW_TOKENS, MAX_REGIONS, TASKS
+from ..tasks import ATTRIBUTE_TASK, ATTRIBUTES, DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS, MAX_REGIONS, TASKS
 from .errors import echo
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -30,6 +31,11 @@ class ParamSpec:
 
 
 NODE_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("cameras", [], "camera namespaces, each with its own <ns>/image + <ns>/mask inputs and "
+              "<ns>/region_captions output, all captioned in one batch; empty = one camera on image, mask, "
+              "region_captions", read_only=True, constraints="distinct ROS names, e.g. [front, left]"),
+    ParamSpec("lifecycle", False, "a managed (lifecycle) node: it waits for configure (loads the model) and "
+              "activate (takes frames); otherwise it configures and activates itself at start-up", read_only=True),
     ParamSpec("model_path", "", "FineCaption model folder or file; empty = the embedded default model",
               read_only=True, constraints="must exist when set"),
     ParamSpec("backend", "torch", "inference backend", read_only=True, choices=BACKENDS),
@@ -50,8 +56,10 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
               "skipped and counted", minimum=1, maximum=MAX_REGIONS),
     ParamSpec("min_region_area", 16, "regions with fewer mask pixels are skipped and counted", minimum=0,
               maximum=1 << 24),
-    ParamSpec("max_new_tokens", 0, "caption length limit in tokens; 0 = the model's default", minimum=0,
+    ParamSpec("max_new_tokens", DEFAULT_MAX_NEW_TOKENS, "caption length limit in tokens", minimum=1,
               maximum=MAX_NEW_TOKENS),
+    ParamSpec("latency_budget", 0.0, "seconds a paired frame may wait for the worker; an older one is dropped and "
+              "counted (frames_stale), per camera; 0 = no budget", minimum=0.0, maximum=60.0),
     ParamSpec("sync_slop", 0.0, "seconds an image and a mask stamp may differ and still pair; 0 = exact",
               minimum=0.0, maximum=10.0),
     ParamSpec("sync_timeout", 2.0, "seconds an image or mask waits for its partner before it is dropped",
@@ -78,7 +86,13 @@ NODE_PARAM_NAMES = frozenset(p.name for p in NODE_PARAMS)
 _BY_NAME = {p.name: p for p in NODE_PARAMS}
 
 
+def param_default(name: str):
+    """The node parameter's default: what every other place that needs it (the pipeline's config) reads."""
+    return _BY_NAME[name].default
+
+
 # rcl reads an empty YAML list from the command line as a parameter without a type, which rclpy hands over as None.
+_ROS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*")
 NO_ATTRIBUTES = ("attributes has no value: ROS 2 cannot type an empty list such as `-p attributes:=[]`; give at "
                  "least one attribute, e.g. -p attributes:=[color] (the list is only used by task 'attribute')")
 
@@ -86,6 +100,8 @@ NO_ATTRIBUTES = ("attributes has no value: ROS 2 cannot type an empty list such 
 def _type_error(spec: ParamSpec, value) -> str | None:
     if value is None and spec.name == "attributes":
         return NO_ATTRIBUTES
+    if value is None and spec.default == []:  # a list that may be empty: declared by type, so None is "none"
+        return None
     if value is None:
         return f"{spec.name} has no value; give a value of type {spec.type_name}"
     if isinstance(spec.default, list):
@@ -117,6 +133,13 @@ def validate_one(name: str, value, known_attributes=ATTRIBUTES) -> str | None:
         return f"model_path {echo(value, 300)} does not exist"
     if name == "engine_dir" and value and not os.path.isdir(os.path.expanduser(value)):
         return f"engine_dir {echo(value, 300)} is not a folder"
+    if name == "cameras":
+        bad = [c for c in value or () if not _ROS_NAME.fullmatch(c)]
+        if bad:
+            return (f"cameras: {echo(bad[0])} is not a ROS namespace (letters, digits, _ and /, starting with a "
+                    "letter), e.g. -p cameras:=[front,left]")
+        if len(set(value or ())) != len(value or ()):
+            return "cameras lists a name twice"
     if name == "attributes":
         unknown = [a for a in value if a not in known_attributes]
         if unknown:

@@ -1,5 +1,9 @@
-"""From a decoded (or raw) image + mask pair to region captions: region selection, caption reuse and the captioner
-call. rclpy-free; the node turns the result into messages. Thread-safe: one captioner call at a time."""
+"""From decoded (or raw) image + mask pairs to region captions: region selection, caption reuse and the captioner
+call. rclpy-free; the node turns the result into messages. Thread-safe: one captioner call at a time.
+
+Several frames (one per camera) go through one captioner call: each keeps its own region selection, reuse and
+neighbours; only the decode is shared. A frame that fails fails alone. Tasks and attributes are checked by the
+captioner (its CaptionerInputError becomes a FrameError here), the parameters by params.py."""
 from __future__ import annotations
 
 import threading
@@ -9,9 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..results import RegionCaption
-from ..tasks import ATTRIBUTE_TASK, GLOBAL_TASK, TASKS
+from ..tasks import ATTRIBUTE_TASK, GLOBAL_TASK
 from .errors import FrameError
 from .image_codec import decode_image, decode_mask
+from .params import param_default
 from .regions import bbox_of, keep_only, select_regions
 from .reuse import CaptionReuse
 
@@ -22,7 +27,7 @@ class FrameResult:
     image: np.ndarray
     labels: np.ndarray | None
     decode_s: float = 0.0
-    inference_s: float = 0.0
+    inference_s: float = 0.0  # the captioner call this frame was part of
     select_s: float = 0.0
     problems: list[tuple[str, str, int]] = field(default_factory=list)  # (counter, log line, count)
     reused: int = 0
@@ -30,46 +35,54 @@ class FrameResult:
 
 
 @dataclass
-class PipelineConfig:
-    task: str = "dense"
-    attributes: tuple[str, ...] = ("color", "category")
-    max_regions: int = 16
-    min_region_area: int = 16
-    max_new_tokens: int = 0
-    max_image_pixels: int = 3840 * 2160 * 2
-    caption_reuse: bool = True
-    reuse_iou_threshold: float = 0.9
-    reuse_pixel_threshold: float = 4.0
-    reuse_max_age: float = 10.0
+class PipelineConfig:  # the node's parameters of the same names (their defaults live in params.py)
+    task: str = param_default("task")
+    attributes: tuple[str, ...] = tuple(param_default("attributes"))
+    max_regions: int = param_default("max_regions")
+    min_region_area: int = param_default("min_region_area")
+    max_new_tokens: int = param_default("max_new_tokens")
+    max_image_pixels: int = param_default("max_image_pixels")
+    caption_reuse: bool = param_default("caption_reuse")
+    reuse_iou_threshold: float = param_default("reuse_iou_threshold")
+    reuse_pixel_threshold: float = param_default("reuse_pixel_threshold")
+    reuse_max_age: float = param_default("reuse_max_age")
 
     @classmethod
     def from_params(cls, values: dict) -> PipelineConfig:
-        names = cls.__dataclass_fields__
-        kwargs = {k: v for k, v in values.items() if k in names}
+        kwargs = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
         if "attributes" in kwargs:
             kwargs["attributes"] = tuple(kwargs["attributes"])
         return cls(**kwargs)
 
 
+@dataclass
+class _Work:  # one frame between region selection and the captioner's answer
+    result: FrameResult
+    ids: list[int]
+    masks: dict[int, np.ndarray]
+    reused: dict[tuple[int, str], RegionCaption]
+    compute: list[int]
+    model_masks: np.ndarray | None = None
+    only: list[int] | None = None
+
+
 class CaptionPipeline:
     def __init__(self, captioner, config: PipelineConfig | None = None):
         self.captioner = captioner
-        self.config = config or PipelineConfig()
         self.reuse = CaptionReuse()
+        self.config = config or PipelineConfig()
         self._apply_reuse_config()
         self._model_lock = threading.Lock()
         self._config_lock = threading.Lock()
 
     def _apply_reuse_config(self) -> None:
         c = self.config
-        self.reuse.iou_threshold = c.reuse_iou_threshold
-        self.reuse.pixel_threshold = c.reuse_pixel_threshold
+        self.reuse.iou_threshold, self.reuse.pixel_threshold = c.reuse_iou_threshold, c.reuse_pixel_threshold
         self.reuse.max_age_s = c.reuse_max_age
 
     def configure(self, config: PipelineConfig) -> None:
         with self._config_lock:
-            old = self.config
-            self.config = config
+            old, self.config = self.config, config
             self._apply_reuse_config()
             if (old.task, old.attributes, old.max_new_tokens) != (config.task, config.attributes,
                                                                    config.max_new_tokens) or not config.caption_reuse:
@@ -86,75 +99,83 @@ class CaptionPipeline:
                                               f"{labels.shape[1]}x{labels.shape[0]}; frame skipped")
         return image, labels
 
-    def process_messages(self, image_msg, mask_msg, task: str | None = None, attributes=None,
-                         use_reuse: bool = True, now_s: float | None = None) -> FrameResult:
-        t0 = time.perf_counter()
-        task = task or self.config.task
-        image, labels = self.decode(image_msg, mask_msg, task)
-        decode_s = time.perf_counter() - t0
-        result = self.process(image, labels, task, attributes, use_reuse, now_s)
-        result.decode_s = decode_s
-        return result
+    def process_messages(self, image_msg, mask_msg, **options) -> FrameResult:
+        """One frame from its messages; raises FrameError. Options as process_batch's."""
+        return _raised(self.process_message_batch([(image_msg, mask_msg)], **options)[0])
 
-    def process(self, image: np.ndarray, labels: np.ndarray | None, task: str | None = None, attributes=None,
-                use_reuse: bool = True, now_s: float | None = None) -> FrameResult:
+    def process(self, image: np.ndarray, labels: np.ndarray | None, **options) -> FrameResult:
+        """One decoded frame; raises FrameError. Options as process_batch's."""
+        return _raised(self.process_batch([(image, labels)], **options)[0])
+
+    def process_message_batch(self, pairs, task: str | None = None, **options) -> list[FrameResult | FrameError]:
+        """(image message, mask message) pairs -> one FrameResult, or the FrameError that refused it, per pair."""
+        task = task or self.config.task
+        decoded, decode_s = [], []
+        for image_msg, mask_msg in pairs:
+            t0 = time.perf_counter()
+            try:
+                decoded.append(self.decode(image_msg, mask_msg, task))
+            except FrameError as err:
+                decoded.append(err)
+            decode_s.append(time.perf_counter() - t0)
+        outs = iter(self.process_batch([d for d in decoded if not isinstance(d, FrameError)], task=task, **options))
+        results = [d if isinstance(d, FrameError) else next(outs) for d in decoded]
+        for result, seconds in zip(results, decode_s):
+            if isinstance(result, FrameResult):
+                result.decode_s = seconds
+        return results
+
+    def process_batch(self, frames, task: str | None = None, attributes=None, use_reuse: bool = True,
+                      now_s: float | None = None) -> list[FrameResult | FrameError]:
+        """(image, labels) frames -> one FrameResult, or the FrameError that refused it, per frame; the regions
+        still to caption of all frames go to the captioner in one call."""
         with self._config_lock:
             config = self.config
         task = task or config.task
-        if task not in TASKS:
-            raise FrameError("bad_request", f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-        attrs = tuple(attributes) if attributes else config.attributes
-        if task != ATTRIBUTE_TASK:
-            attrs = ("",)
-        elif not attrs:
-            raise FrameError("bad_request", "task 'attribute' needs attribute names")
-        else:
-            known = tuple(getattr(self.captioner, "supported_attributes", ()) or ())
-            unknown = [a for a in attrs if known and a not in known]
-            if unknown:
-                raise FrameError("bad_request", f"unknown attribute(s) {', '.join(map(repr, unknown))}; this model "
-                                                f"knows {', '.join(known)}")
+        attrs = (tuple(attributes) if attributes else config.attributes) if task == ATTRIBUTE_TASK else ("",)
         use_reuse = use_reuse and config.caption_reuse
         now_s = time.monotonic() if now_s is None else now_s
+        works = [self._select(config, image, labels, task, attrs, use_reuse, now_s) for image, labels in frames]
+        outputs = self._caption(config, [w for w in works if w.compute], task, attrs)
+        results = []
+        for work in works:
+            out = outputs.get(id(work), [])
+            if isinstance(out, FrameError):
+                results.append(out)
+                continue
+            computed = {(c.region_id, c.attribute): c for c in out}  # the captioner's own results, as they are
+            for c in out if use_reuse else ():
+                if c.region_id in work.masks:
+                    self.reuse.store((c.region_id, task, c.attribute), work.masks[c.region_id], work.result.image,
+                                     c, now_s)
+            work.result.captions = [item for i in work.ids for a in attrs
+                                    if (item := work.reused.get((i, a)) or computed.get((i, a))) is not None]
+            work.result.reused, work.result.computed = len(work.reused), len(computed)
+            results.append(work.result)
+        if use_reuse:
+            self.reuse.prune(now_s)
+        return results
+
+    def _select(self, config, image, labels, task, attrs, use_reuse, now_s) -> _Work:
         t0 = time.perf_counter()
         result = FrameResult([], image, labels)
         h, w = image.shape[:2]
-
         if task == GLOBAL_TASK:
-            masks = {0: np.ones((h, w), dtype=bool)}
-            areas = {0: h * w}
-            ids = [0]
+            ids, areas, masks, selection = [0], {0: h * w}, {0: np.ones((h, w), dtype=bool)}, None
         else:
             selection = select_regions(labels, config.min_region_area, config.max_regions)
-            if not selection.areas:
-                result.problems.append(("empty_masks", "mask has no regions (all background); nothing to caption", 1))
-            if selection.below_min_area:
-                result.problems.append((
-                    "regions_below_min_area",
-                    f"{len(selection.below_min_area)} region(s) smaller than min_region_area = "
-                    f"{config.min_region_area} px skipped (ids {_ids(selection.below_min_area)})",
-                    len(selection.below_min_area)))
-            if selection.over_limit:
-                result.problems.append((
-                    "regions_over_limit",
-                    f"{selection.present - len(selection.below_min_area)} regions is more than max_regions = "
-                    f"{config.max_regions}; the {len(selection.over_limit)} smallest skipped "
-                    f"(ids {_ids(selection.over_limit)})", len(selection.over_limit)))
-            ids = selection.ids
-            areas = selection.areas
+            result.problems = selection.problems(config.min_region_area, config.max_regions)
+            ids, areas = selection.ids, selection.areas
             masks = {i: labels == i for i in ids}
-
         # Caption reuse: a region is recomputed when any of its captions cannot be reused.
-        reused: dict[tuple[int, str], RegionCaption] = {}
-        compute: list[int] = []
+        reused, compute = {}, []
         for region_id in ids:
             hits = {}
-            if use_reuse:
-                for attr in attrs:
-                    decision = self.reuse.check((region_id, task, attr), masks[region_id], image, now_s)
-                    if decision.result is None:
-                        break
-                    hits[attr] = decision.result
+            for attr in attrs if use_reuse else ():
+                decision = self.reuse.check((region_id, task, attr), masks[region_id], image, now_s)
+                if decision.result is None:
+                    break
+                hits[attr] = decision.result
             if use_reuse and len(hits) == len(attrs):
                 box = (0, 0, w, h) if region_id == 0 else bbox_of(masks[region_id])
                 for attr, old in hits.items():
@@ -162,43 +183,36 @@ class CaptionPipeline:
                                                               box, areas[region_id], reused=True)
             else:
                 compute.append(region_id)
+        work = _Work(result, ids, masks, reused, compute)
+        if compute and task == GLOBAL_TASK:
+            work.model_masks = np.ones((h, w), dtype=np.int32)
+        elif compute:  # every selected region goes in, reused ones too: they are the recomputed ones' neighbours
+            work.model_masks = labels if len(ids) == selection.present else keep_only(labels, ids)
+            work.only = compute if len(compute) < len(ids) else None
         result.select_s = time.perf_counter() - t0
+        return work
 
-        computed: dict[tuple[int, str], RegionCaption] = {}
-        if compute:
-            if task == GLOBAL_TASK:
-                model_masks, only = np.ones((h, w), dtype=np.int32), None
-            else:
-                # Every selected region goes in, reused ones too: they are the recomputed regions' neighbours.
-                model_masks = labels if len(ids) == selection.present else keep_only(labels, ids)
-                only = compute if len(compute) < len(ids) else None
-            t1 = time.perf_counter()
-            try:
-                with self._model_lock:
-                    outputs = self.captioner.caption(
-                        image, model_masks, task=task,
-                        attributes=list(attrs) if task == ATTRIBUTE_TASK else None,
-                        max_new_tokens=config.max_new_tokens or None, region_ids=only)
-            except ValueError as err:  # CaptionerInputError is a ValueError
-                raise FrameError("captioner_error", f"captioner refused the frame: {err}") from err
-            result.inference_s = time.perf_counter() - t1
-            for out in outputs:  # the captioner's own results, used as they are
-                computed[(out.region_id, out.attribute)] = out
-                if use_reuse and out.region_id in masks:
-                    self.reuse.store((out.region_id, task, out.attribute), masks[out.region_id], image, out, now_s)
-        if use_reuse:
-            self.reuse.prune(now_s)
-
-        for region_id in ids:
-            for attr in attrs:
-                item = reused.get((region_id, attr)) or computed.get((region_id, attr))
-                if item is not None:
-                    result.captions.append(item)
-        result.reused = len(reused)
-        result.computed = len(computed)
-        return result
+    def _caption(self, config, works: list[_Work], task, attrs) -> dict[int, list | FrameError]:
+        """{id(work): its captions, or the FrameError the captioner raised for it}; a batch the captioner refuses
+        is retried frame by frame, so one bad frame does not cost the others their captions."""
+        if not works:
+            return {}
+        t1 = time.perf_counter()
+        try:
+            with self._model_lock:
+                outputs = self.captioner.caption_frames(
+                    [(w.result.image, w.model_masks, w.only) for w in works], task=task,
+                    attributes=list(attrs) if task == ATTRIBUTE_TASK else None, max_new_tokens=config.max_new_tokens)
+        except ValueError as err:  # CaptionerInputError is a ValueError
+            if len(works) > 1:
+                return {k: v for w in works for k, v in self._caption(config, [w], task, attrs).items()}
+            return {id(works[0]): FrameError("captioner_error", f"captioner refused the frame: {err}")}
+        for work in works:
+            work.result.inference_s = time.perf_counter() - t1  # the frames of one call share its time
+        return {id(w): out for w, out in zip(works, outputs)}
 
 
-def _ids(ids: list[int], limit: int = 8) -> str:
-    shown = ", ".join(str(i) for i in ids[:limit])
-    return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
+def _raised(out: FrameResult | FrameError) -> FrameResult:
+    if isinstance(out, FrameError):
+        raise out
+    return out

@@ -17,6 +17,21 @@ class RegionSelection:
     def present(self) -> int:
         return len(self.areas)
 
+    def problems(self, min_area: int, max_regions: int) -> list[tuple[str, str, int]]:
+        """(diagnostics counter, log line, count) for an empty mask and for each kind of skipped region."""
+        found = []
+        if not self.areas:
+            found.append(("empty_masks", "mask has no regions (all background); nothing to caption", 1))
+        if self.below_min_area:
+            found.append(("regions_below_min_area", f"{len(self.below_min_area)} region(s) smaller than "
+                          f"min_region_area = {min_area} px skipped (ids {_ids(self.below_min_area)})",
+                          len(self.below_min_area)))
+        if self.over_limit:
+            found.append(("regions_over_limit", f"{self.present - len(self.below_min_area)} regions is more than "
+                          f"max_regions = {max_regions}; the {len(self.over_limit)} smallest skipped "
+                          f"(ids {_ids(self.over_limit)})", len(self.over_limit)))
+        return found
+
 
 def region_areas(labels: np.ndarray) -> dict[int, int]:
     """{region id: pixel count} for every non-zero label."""
@@ -58,3 +73,8 @@ def bbox_of(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 def keep_only(labels: np.ndarray, ids: list[int]) -> np.ndarray:
     """A copy of the label map with every region not in `ids` set to background."""
     return np.where(np.isin(labels, np.asarray(ids, dtype=labels.dtype)), labels, 0).astype(labels.dtype)
+
+
+def _ids(ids: list[int], limit: int = 8) -> str:
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")

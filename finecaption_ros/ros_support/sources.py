@@ -1,5 +1,8 @@
 """Frame sources for the source node, without rclpy: synthetic scenes with instance masks (the demo camera), an
-image folder (PIL), a video file or a camera device (OpenCV when installed). Each yields `Frame`s."""
+image folder (PIL), a video file or a camera device (OpenCV when installed). Each yields `Frame`s.
+
+The synthetic scenes come from a generator the caller passes in (the source node gives it the training-data scene
+generator): this layer never imports the training data code."""
 from __future__ import annotations
 
 import os
@@ -33,11 +36,9 @@ def upscale(array: np.ndarray, factor: int) -> np.ndarray:
     return array.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def synthetic_frames(width: int = 256, height: int = 256, seed: int = 0, scale: int = 1,
-                     split: str = "eval") -> Iterator[Frame]:
-    from ..data.scenes import SceneGenerator
-
-    generator = SceneGenerator(height=height, width=width, seed=seed, split=split)
+def synthetic_frames(generator, scale: int = 1) -> Iterator[Frame]:
+    """Frames of `generator.sample()` scenes: `.image`, `.labels` and `.objects` (each with `region_id` and
+    `dense_caption()`), as data/scenes.py's SceneGenerator draws them."""
     index = 0
     while True:
         scene = generator.sample()
@@ -121,11 +122,14 @@ def capture_frames(target, loop: bool = False) -> Iterator[Frame]:
         capture.release()
 
 
-def open_source(source: str, width: int = 256, height: int = 256, seed: int = 0, scale: int = 1,
-                split: str = "eval", mask_dir: str = "", loop: bool = True) -> Iterator[Frame]:
-    """'synthetic', an image folder, a video file, 'camera:N' or '/dev/videoN'."""
+def open_source(source: str, scale: int = 1, mask_dir: str = "", loop: bool = True,
+                scenes=None) -> Iterator[Frame]:
+    """'synthetic' (the scenes of the generator `scenes`), an image folder, a video file, 'camera:N' or
+    '/dev/videoN'."""
     if source == "synthetic":
-        return synthetic_frames(width, height, seed, scale, split)
+        if scenes is None:
+            raise SourceError("the synthetic source needs a scene generator (scenes=...)")
+        return synthetic_frames(scenes, scale)
     if source.startswith("camera:"):
         index = source.split(":", 1)[1]
         if not index.isdigit():

@@ -31,3 +31,21 @@ def load_captioner(model_path: str, backend: str, engine_dir: str, num_threads: 
         raise StartupError(f"model not found: {err}") from err
     except (ValueError, ImportError, RuntimeError, OSError) as err:
         raise StartupError(f"cannot load the model (backend {backend!r}): {err}") from err
+
+
+def warm_up(captioner) -> float:
+    """One small caption before the node reports ready, so the first real frame is not the slow one; seconds taken.
+    A model that cannot caption at all fails here, clearly, at start-up."""
+    import time
+
+    import numpy as np
+
+    t0 = time.perf_counter()
+    image = np.zeros((64, 64, 3), np.uint8)
+    labels = np.zeros((64, 64), np.int32)
+    labels[16:48, 16:48] = 1
+    try:
+        captioner.caption(image, labels, task="dense", max_new_tokens=2)
+    except Exception as err:
+        raise StartupError(f"the model cannot caption a test frame: {type(err).__name__}: {err}") from err
+    return time.perf_counter() - t0

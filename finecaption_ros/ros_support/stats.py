@@ -55,8 +55,21 @@ class Samples:
                 "max": ordered[-1]}
 
 
-class NodeStats:
+# Per-camera values in /diagnostics (with the `cameras` parameter), each key prefixed with the camera's name.
+CAMERA_COUNTERS = ("images_received", "frames_paired", "frames_captioned", "frames_dropped", "frames_stale",
+                   "frames_inactive")
+
+
+class CameraStats:
     def __init__(self):
+        self.counts: Counter[str] = Counter()
+        self.rates = {name: RateMeter() for name in ("images", "paired", "captioned")}
+        self.latency_ms = Samples()
+
+
+class NodeStats:
+    def __init__(self, cameras=()):
+        self.cameras = {name: CameraStats() for name in cameras}
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
@@ -68,13 +81,34 @@ class NodeStats:
         self.last_problem = ""
         self.problems_since_report = 0
 
-    def count(self, name: str, n: int = 1) -> None:
+    def count(self, name: str, n: int = 1, camera: str | None = None) -> None:
         with self.lock:
             self.counts[name] += n
+            if camera in self.cameras:
+                self.cameras[camera].counts[name] += n
 
-    def tick(self, name: str) -> None:
+    def tick(self, name: str, camera: str | None = None) -> None:
         with self.lock:
             self.rates[name].tick()
+            if camera in self.cameras and name in self.cameras[camera].rates:
+                self.cameras[camera].rates[name].tick()
+
+    def captioned(self, camera: str | None, latency_ms: float, inference_ms: float, overhead_ms: float,
+                  computed: int, reused: int) -> None:
+        """One frame captioned and published."""
+        with self.lock:
+            self.counts["frames_captioned"] += 1
+            self.counts["regions_captioned"] += computed
+            self.counts["regions_reused"] += reused
+            self.rates["captioned"].tick()
+            self.latency_ms.add(latency_ms)
+            self.inference_ms.add(inference_ms)
+            self.overhead_ms.add(overhead_ms)
+            if camera in self.cameras:
+                cam = self.cameras[camera]
+                cam.counts["frames_captioned"] += 1
+                cam.rates["captioned"].tick()
+                cam.latency_ms.add(latency_ms)
 
     def reject(self, reason: str, message: str) -> None:
         with self.lock:
@@ -103,16 +137,28 @@ class NodeStats:
                 "service_ms": self.service_ms.summary(),
                 "last_problem": self.last_problem,
                 "problems_since_report": self.problems_since_report,
+                "cameras": {name: {"counts": dict(c.counts), "rates": {k: m.rate(now) for k, m in c.rates.items()},
+                                   "latency_ms": c.latency_ms.summary()} for name, c in self.cameras.items()},
             }
             self.problems_since_report = 0
             return snap
+
+    @staticmethod
+    def summary(snap: dict, active: bool = True) -> tuple[bool, str]:
+        """(warn, the /diagnostics status message) of a snapshot: the last problem, or how captioning goes."""
+        if snap["problems_since_report"]:
+            return True, snap["last_problem"]
+        if snap["counts"].get("frames_captioned"):
+            return False, f"captioning {snap['rates']['captioned']:.1f} Hz, latency {snap['latency_ms']['mean']:.0f} ms"
+        return False, "waiting for paired image + mask frames" if active else "inactive"
 
     @staticmethod
     def diagnostic_values(snap: dict) -> dict:
         """The /diagnostics key-values of a snapshot: counts, rejections by reason, rates and latencies."""
         counts, rates = snap["counts"], snap["rates"]
         values = {name: counts.get(name, 0) for name in ("images_received", "masks_received", "frames_paired",
-                                                          "frames_captioned", "frames_dropped", "frames_rejected")}
+                                                          "frames_captioned", "frames_dropped", "frames_stale",
+                                                          "frames_inactive", "frames_rejected")}
         values.update({f"rejected_{reason}": snap["rejected"].get(reason, 0) for reason in REJECT_REASONS})
         values.update({name: counts.get(name, 0) for name in
                        PROBLEM_COUNTERS + ("regions_captioned", "regions_reused", "service_calls", "service_errors")})
@@ -124,6 +170,10 @@ class NodeStats:
                        "overhead_mean_ms": f"{snap['overhead_ms']['mean']:.2f}",
                        "service_latency_p95_ms": f"{snap['service_ms']['p95']:.1f}",
                        "last_problem": snap["last_problem"]})
+        for name, cam in snap["cameras"].items():
+            values.update({f"{name}.{key}": cam["counts"].get(key, 0) for key in CAMERA_COUNTERS})
+            values.update({f"{name}.{key}_rate_hz": f"{cam['rates'][key]:.2f}" for key in cam["rates"]})
+            values.update({f"{name}.latency_{stat}_ms": f"{cam['latency_ms'][stat]:.1f}" for stat in ("mean", "p95")})
         return values
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from finecaption_ros.results import RegionCaption as FakeResult  # the captioner's own (torch-free) result type
-from finecaption_ros.tasks import ATTRIBUTES
+from finecaption_ros.tasks import ATTRIBUTES, TASKS
 
 
 class FakeInputError(ValueError):
@@ -18,8 +18,20 @@ class FakeCaptioner:
 
     def __init__(self):
         self.calls: list[dict] = []
+        self.batches: list[int] = []
+
+    def caption_frames(self, frames, task="dense", attributes=None, max_new_tokens=None):
+        """As the Captioner's: each frame on its own, in one call (counted once in `batches`)."""
+        self.batches.append(len(frames))
+        return [self.caption(image, masks, task, attributes, max_new_tokens, region_ids)
+                for image, masks, region_ids in frames]
 
     def caption(self, image, masks, task="dense", attributes=None, max_new_tokens=None, region_ids=None):
+        if task not in TASKS:
+            raise FakeInputError(f"unknown task {task!r}")
+        unknown = [a for a in attributes or () if a not in ATTRIBUTES]
+        if unknown:
+            raise FakeInputError(f"unknown attribute(s) {unknown}")
         if task == "global":
             h, w = image.shape[:2]
             self.calls.append({"task": task, "ids": [0]})

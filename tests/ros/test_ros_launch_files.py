@@ -10,6 +10,7 @@ import sys
 import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import List
 
 import pytest
 
@@ -200,7 +201,9 @@ def test_launch_file_nodes_exist_and_set_only_declared_parameters(path, monkeypa
             for name, value in params.items():
                 assert name in EXECUTABLE_PARAMS[exe], f"{path.name}: {exe} declares no parameter {name!r}"
                 want = type(specs[name].default)
-                if isinstance(value, ParameterValue):
+                if isinstance(value, ParameterValue) and want is list:  # launch_ros types a YAML list by List[str]
+                    assert value.value_type == List[str], f"{name}: value_type {value.value_type} but List[str]"
+                elif isinstance(value, ParameterValue):
                     assert value.value_type is want, f"{name}: value_type {value.value_type} but {want}"
                 else:  # a literal: it must have the declared type and pass validation
                     assert isinstance(value, want), f"{name}: {value!r} is not {want.__name__}"
@@ -218,6 +221,8 @@ def test_launch_argument_defaults_are_valid_parameter_values(monkeypatch):
     assert validate_one("backend", defaults["backend"]) is None
     assert defaults["model"] == ""  # the embedded default model
     assert defaults["camera"] == "none"
+    # One camera, unmanaged, no latency budget: the node as it runs without the launch file.
+    assert (defaults["cameras"], defaults["lifecycle"], float(defaults["latency_budget"])) == ("[]", "false", 0.0)
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)

@@ -290,7 +290,7 @@ def test_pipeline_turns_captioner_errors_into_frame_errors():
     pipe = CaptionPipeline(FakeCaptioner())
     with pytest.raises(FrameError) as err:
         pipe.process(np.zeros((8, 8, 3), np.uint8), scene_labels()[:8, :8] * 0 + 1, task="bogus")
-    assert err.value.reason == "bad_request"
+    assert err.value.reason == "captioner_error" and "bogus" in str(err.value)
     with pytest.raises(FrameError, match="smell"):
         pipe.process(np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), np.int32), task="attribute", attributes=["smell"])
 
@@ -381,7 +381,9 @@ def test_echoed_values_are_bounded():
 
 # ---------------------------------------------------------------------------------------------------- sources
 def test_synthetic_source_and_upscale():
-    frames = open_source("synthetic", seed=3, scale=2)
+    from finecaption_ros.data.scenes import SceneGenerator
+
+    frames = open_source("synthetic", scale=2, scenes=SceneGenerator(seed=3))
     frame = next(frames)
     assert frame.image.shape == (512, 512, 3) and frame.labels.shape == (512, 512)
     ids = {int(i) for i in np.unique(frame.labels) if i}
@@ -411,3 +413,50 @@ def test_video_source_without_opencv_names_the_package(tmp_path, monkeypatch):
 def test_unknown_source_is_a_clear_error():
     with pytest.raises(SourceError, match="neither"):
         open_source("/no/such/thing")
+
+
+def test_pipeline_batches_frames_of_several_cameras_in_one_captioner_call():
+    fake = FakeCaptioner()
+    pipe = CaptionPipeline(fake, PipelineConfig(caption_reuse=False))
+    image = RNG.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    other = np.zeros((40, 40), np.int32)
+    other[5:25, 5:25] = 3
+    out = pipe.process_batch([(image, scene_labels()), (image[:, ::-1].copy(), other)])
+    assert fake.batches == [2]  # one call for both frames
+    assert [c["context"] for c in fake.calls] == [[5, 9], [3]]  # each frame's neighbours are its own regions
+    assert [[c.region_id for c in r.captions] for r in out] == [[5, 9], [3]]
+    # A frame the captioner refuses fails alone: the batch is retried frame by frame.
+    bad = np.full((40, 40), 7, np.int32)
+    fake.caption = _refusing(fake.caption, bad)
+    out = pipe.process_batch([(image, scene_labels()), (image, bad)])
+    assert isinstance(out[1], FrameError) and out[1].reason == "captioner_error"
+    assert [c.region_id for c in out[0].captions] == [5, 9]
+
+
+def _refusing(caption, bad_labels):
+    def wrapped(image, masks, *args, **kwargs):
+        if masks is not None and np.array_equal(masks, bad_labels):
+            raise ValueError("this label map is refused")
+        return caption(image, masks, *args, **kwargs)
+    return wrapped
+
+
+# ---------------------------------------------------------------------------------------------------- layers
+def test_ros_support_never_reaches_up_or_into_the_training_data():
+    """ros_support sits below the rclpy layer (ros/) and beside, not on top of, the training-data code (data/)."""
+    import ast
+    from pathlib import Path
+
+    import finecaption_ros.ros_support as package
+
+    for path in Path(package.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith(("rclpy", "..data", "..ros", "finecaption_ros.data",
+                                            "finecaption_ros.ros.")), f"{path.name} imports {name}"
