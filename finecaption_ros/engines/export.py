@@ -27,7 +27,7 @@ from ..model.finecaption import FineCaptionModel, load_tokenizer, weights_digest
 from . import graphs as G
 from .manifest import (EXPORTER_VERSION, MANIFEST_NAME, ONNX_FORMAT, PRECISIONS, OnnxExportMissingError,
                        graph_sha256, graphs_dir, read_onnx_manifest, write_json)
-from .quantize import WEIGHTS, quantize_matmul_weights
+from .quantize import INT4_OPSET, WEIGHTS, quantize_matmul_weights
 from .trt_ops import graph_problems
 
 log = logging.getLogger("finecaption.engines")
@@ -241,7 +241,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT
     External data goes into one file per graph (`<graph>.onnx.data`), except that the two decoder graphs share
     `decoder.onnx.data`: a tensor whose bytes are already in the file is referenced, not written again.
 
-    `weights="int8"`: the decoder graphs' MatMul weights weight-only int8 (`quantize.quantize_matmul_weights`)."""
+    `weights="int8"` / `"int4"`: the decoder graphs' MatMul weights weight-only int8 per column or int4 per block
+    (`quantize.quantize_matmul_weights`); int4 decoder graphs are opset 21."""
     import onnx
 
     if opset < 17:
@@ -270,19 +271,24 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT
         say(f"exporting {name} -> {path}")
         args = tuple(a.half() if precision == "fp16" and a.is_floating_point() else a for a in refs[name][0])
         graph_started = time.perf_counter()
+        quantized = weights != "float" and name in (G.DECODER_PREFILL, G.DECODER_STEP)
+        # int4 needs opset 21, past the TorchScript exporter's 20: exported at 20, raised by the quantizer
+        graph_opset = max(opset, INT4_OPSET - 1) if quantized and weights == "int4" else opset
         with warnings.catch_warnings(), torch.no_grad(), _static_resize_sizes(), _fp32_statistics(precision):
             warnings.simplefilter("ignore")
-            torch.onnx.export(_graph_module(name, model), args, str(path), dynamo=False, opset_version=opset,
+            torch.onnx.export(_graph_module(name, model), args, str(path), dynamo=False, opset_version=graph_opset,
                               input_names=input_names, output_names=output_names, dynamic_axes=axes,
                               do_constant_folding=True)
         _pin_static_output_dims(path, output_names, refs[name][1], axes)
         onnx.shape_inference.infer_shapes_path(str(path), str(path))
-        if weights == "int8" and name in (G.DECODER_PREFILL, G.DECODER_STEP):
-            quantize_matmul_weights(path)
+        if quantized:
+            quantize_matmul_weights(path, weights)
         data = _externalize(path, DECODER_DATA if name in (G.DECODER_PREFILL, G.DECODER_STEP) else None,
                             external_data, stored)
-        graph = onnx.load(str(path), load_external_data=False).graph
+        header = onnx.load(str(path), load_external_data=False)
+        graph = header.graph
         graphs[name] = {"file": path.name, "export_seconds": round(time.perf_counter() - graph_started, 2),
+                        "opset": next(o.version for o in header.opset_import if o.domain in ("", "ai.onnx")),
                         "inputs": _value_infos(graph.input), "outputs": _value_infos(graph.output)}
         if data:
             graphs[name]["data"] = data
