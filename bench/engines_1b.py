@@ -14,7 +14,9 @@ the same `--work` goes on where it stopped. The stages:
   at 1, 8 and 32 regions (the step graph fed a random KV cache of visual + 12 prompt tokens, so no 32-region
   prefill is needed; medians of `--steps`).
 At the end the tables of every finished stage are printed, and the stages still missing are named.
-Heavy: ~5.6 GB of fp32 weights on disk, ~3 GB of graphs; not part of the tests.
+Heavy: ~5.6 GB of fp32 weights on disk, ~3 GB of graphs; not part of the tests. The export traces every graph once
+in fp16, and torch's CPU fp16 matmul runs at ~0.1 GFLOPS on a CPU without native fp16 (fp32: ~10 on the same core),
+so on such a CPU the export stage alone is hours of CPU time (~0.7 TFLOP traced); run it where fp16 is native.
 """
 from __future__ import annotations
 

@@ -266,35 +266,10 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT
     graphs, stored = {}, {}
     for stale in out_dir.glob("*.onnx.data"):  # offsets into an old data file would be wrong
         stale.unlink()
-    for name, (input_names, output_names, axes) in specs.items():
-        path = out_dir / f"{name}.onnx"
-        say(f"exporting {name} -> {path}")
-        args = tuple(a.half() if precision == "fp16" and a.is_floating_point() else a for a in refs[name][0])
-        graph_started = time.perf_counter()
-        quantized = weights != "float" and name in (G.DECODER_PREFILL, G.DECODER_STEP)
-        # int4 needs opset 21, past the TorchScript exporter's 20: exported at 20, raised by the quantizer
-        graph_opset = max(opset, INT4_OPSET - 1) if quantized and weights == "int4" else opset
-        with warnings.catch_warnings(), torch.no_grad(), _static_resize_sizes(), _fp32_statistics(precision):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(_graph_module(name, model), args, str(path), dynamo=False, opset_version=graph_opset,
-                              input_names=input_names, output_names=output_names, dynamic_axes=axes,
-                              do_constant_folding=True)
-        _pin_static_output_dims(path, output_names, refs[name][1], axes)
-        onnx.shape_inference.infer_shapes_path(str(path), str(path))
-        if quantized:
-            quantize_matmul_weights(path, weights)
-        data = _externalize(path, DECODER_DATA if name in (G.DECODER_PREFILL, G.DECODER_STEP) else None,
-                            external_data, stored)
-        header = onnx.load(str(path), load_external_data=False)
-        graph = header.graph
-        graphs[name] = {"file": path.name, "export_seconds": round(time.perf_counter() - graph_started, 2),
-                        "opset": next(o.version for o in header.opset_import if o.domain in ("", "ai.onnx")),
-                        "inputs": _value_infos(graph.input), "outputs": _value_infos(graph.output)}
-        if data:
-            graphs[name]["data"] = data
-        problems = graph_problems(path)
-        if problems:
-            raise RuntimeError(f"{path} is not TensorRT-compatible: " + "; ".join(problems[:8]))
+    for name, spec in specs.items():
+        say(f"exporting {name} -> {out_dir / f'{name}.onnx'}")
+        graphs[name] = export_graph(model, name, spec, refs[name][0], refs[name][1], out_dir, opset, precision,
+                                    weights, external_data, stored)
     for graph in graphs.values():  # after every graph: the decoder graphs append to one shared data file
         path, data = out_dir / graph["file"], graph.get("data", [])
         graph["sha256"] = graph_sha256(path, data)
@@ -334,6 +309,45 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT
     write_json(out_dir / MANIFEST_NAME, manifest)
     say(f"exported {model.config.name} to {out_dir} in {manifest['export_seconds']:.1f} s")
     return manifest
+
+
+def export_graph(model: FineCaptionModel, name: str, spec: tuple, args: tuple, outputs, out_dir: Path, opset: int,
+                 precision: str, weights: str, external_data: bool | None, stored: dict) -> dict:
+    """One graph of `graph_specs(model)` traced on `args` into `out_dir/<name>.onnx`: static output dims pinned
+    from `outputs` (None: left as traced), shapes inferred, decoder weights quantized, weights externalized when
+    needed, the TensorRT op check run; returns its manifest entry (without sha256 / bytes, which need every graph's
+    data written first)."""
+    import onnx
+
+    input_names, output_names, axes = spec
+    path = out_dir / f"{name}.onnx"
+    args = tuple(a.half() if precision == "fp16" and a.is_floating_point() else a for a in args)
+    graph_started = time.perf_counter()
+    quantized = weights != "float" and name in (G.DECODER_PREFILL, G.DECODER_STEP)
+    # int4 needs opset 21, past the TorchScript exporter's 20: exported at 20, raised by the quantizer
+    graph_opset = max(opset, INT4_OPSET - 1) if quantized and weights == "int4" else opset
+    with warnings.catch_warnings(), torch.no_grad(), _static_resize_sizes(), _fp32_statistics(precision):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_graph_module(name, model), args, str(path), dynamo=False, opset_version=graph_opset,
+                          input_names=input_names, output_names=output_names, dynamic_axes=axes,
+                          do_constant_folding=True)
+    if outputs is not None:
+        _pin_static_output_dims(path, output_names, outputs, axes)
+    onnx.shape_inference.infer_shapes_path(str(path), str(path))
+    if quantized:
+        quantize_matmul_weights(path, weights)
+    data = _externalize(path, DECODER_DATA if name in (G.DECODER_PREFILL, G.DECODER_STEP) else None,
+                        external_data, stored)
+    header = onnx.load(str(path), load_external_data=False)
+    entry = {"file": path.name, "export_seconds": round(time.perf_counter() - graph_started, 2),
+             "opset": next(o.version for o in header.opset_import if o.domain in ("", "ai.onnx")),
+             "inputs": _value_infos(header.graph.input), "outputs": _value_infos(header.graph.output)}
+    if data:
+        entry["data"] = data
+    problems = graph_problems(path)
+    if problems:
+        raise RuntimeError(f"{path} is not TensorRT-compatible: " + "; ".join(problems[:8]))
+    return entry
 
 
 def _to_half(model: FineCaptionModel) -> None:
