@@ -386,23 +386,37 @@ def _fp32_statistics(precision: str):
 @contextlib.contextmanager
 def _static_resize_sizes():
     """While tracing, `F.interpolate(x, size=y.shape[-2:])` records the size as a shape computation; the exporter
-    needs it constant for `mode="area"` (adaptive pooling). Every spatial size in these graphs is static (fixed
-    image sizes), so the sizes are made plain ints for the duration of the export."""
+    needs it constant for `mode="area"` (adaptive pooling), and a whole factor (else `_area_resize`). Every spatial
+    size in these graphs is static (fixed image sizes), so the sizes are made plain ints for the export."""
     functional = torch.nn.functional
     original = functional.interpolate
 
-    def interpolate(input, size=None, *args, **kwargs):
+    def interpolate(input, size=None, scale_factor=None, mode="nearest", *args, **kwargs):
         if size is not None and not isinstance(size, int):
             size = tuple(int(s) for s in size)
         elif size is not None:
             size = int(size)
-        return original(input, size, *args, **kwargs)
+        if mode == "area" and isinstance(size, tuple) and len(size) == 2 and \
+                any(int(i) % o for i, o in zip(input.shape[-2:], size)):
+            return _area_resize(input, size)
+        return original(input, size, scale_factor, mode, *args, **kwargs)
 
     functional.interpolate = interpolate
     try:
         yield
     finally:
         functional.interpolate = original
+
+
+def _area_resize(input: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """torch's "area" resize as two matrix products with the windows' averaging weights: the exporter writes area
+    resizes as adaptive average pooling, which it refuses when an output size does not divide the input (the 8B
+    config's 1024 px masks -> 336 px ViT). The same values, up to float rounding."""
+    from ..model.inputs import _area_weights
+
+    rows = _area_weights(int(input.shape[-2]), size[0]).to(input.dtype)
+    cols = _area_weights(int(input.shape[-1]), size[1]).to(input.dtype)
+    return torch.matmul(torch.matmul(rows, input), cols.t())
 
 
 def _pin_static_output_dims(path: Path, output_names: list[str], outputs, axes: dict) -> None:
@@ -437,7 +451,7 @@ def _externalize(path: Path, shared: str | None, external_data: bool | None, sto
     import hashlib
 
     import onnx
-    from onnx.external_data_helper import ExternalDataInfo, set_external_data, uses_external_data
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
     header = onnx.load(str(path), load_external_data=False)
     scattered = sorted({ExternalDataInfo(t).location for t in header.graph.initializer if uses_external_data(t)})
@@ -447,13 +461,13 @@ def _externalize(path: Path, shared: str | None, external_data: bool | None, sto
                          f"--no-external-data")
     if not scattered and not external_data and (external_data is False or weight_bytes < EXTERNAL_DATA_FROM):
         return []
-    model = onnx.load(str(path)) if scattered else header
     location = shared or f"{path.name}.data"
     data_path = path.with_name(location)
     with open(data_path, "ab") as handle:
-        for tensor in model.graph.initializer:
-            raw = tensor.raw_data
-            if len(raw) < 1024:  # small constants stay in the graph
+        for tensor in header.graph.initializer:
+            # one scattered tensor in memory at a time, not the whole graph's weights (8B: ~5 GB beside the model)
+            raw = _scattered_bytes(path, tensor) if uses_external_data(tensor) else tensor.raw_data
+            if len(raw) < 1024 and not uses_external_data(tensor):  # small constants stay in the graph
                 continue
             key = (location, tensor.data_type, hashlib.sha256(raw).hexdigest())
             if key not in stored:
@@ -462,13 +476,26 @@ def _externalize(path: Path, shared: str | None, external_data: bool | None, sto
                 handle.write(raw)
                 stored[key] = (offset, len(raw))
             offset, length = stored[key]
-            set_external_data(tensor, location, offset, length)
+            del tensor.external_data[:]
+            for field, value in (("location", location), ("offset", offset), ("length", length)):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = field, str(value)
             tensor.ClearField("raw_data")
             tensor.data_location = onnx.TensorProto.EXTERNAL
-    onnx.save(model, str(path))
+            del raw
+    onnx.save(header, str(path))
     for name in scattered:
         path.with_name(name).unlink(missing_ok=True)
     return [location]
+
+
+def _scattered_bytes(path: Path, tensor) -> bytes:
+    from onnx.external_data_helper import ExternalDataInfo
+
+    info = ExternalDataInfo(tensor)
+    with open(path.with_name(info.location), "rb") as handle:
+        handle.seek(info.offset or 0)
+        return handle.read(info.length) if info.length else handle.read()
 
 
 def verify_export(out_dir: Path, refs: dict) -> dict[str, float]:

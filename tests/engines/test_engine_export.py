@@ -292,3 +292,47 @@ def test_int4_blocks_round_to_half_a_step_and_pack_as_onnx_reads_them():
     assert scale[0, 0] > 20 * scale[1, 0]
     tensor = helper.make_tensor("q", TensorProto.INT4, list(values.shape), pack_int4(values), raw=True)
     assert np.array_equal(numpy_helper.to_array(tensor).astype(np.int8), values)
+
+
+def test_area_resizes_by_a_fraction_export_as_matrix_products_with_the_same_values():
+    """The 8B config's 1024 px masks -> 336 px ViT: the exporter refuses adaptive pooling by a non-whole factor, so
+    while exporting, such an "area" resize is two matrix products, equal to torch's own."""
+    import torch
+    import torch.nn.functional as F
+
+    from finecaption_ros.engines.export import _static_resize_sizes
+
+    masks = (torch.rand(2, 1, 1024, 1024, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    expected = F.interpolate(masks, size=(336, 336), mode="area")
+    with _static_resize_sizes():
+        got = F.interpolate(masks, size=(336, 336), mode="area")
+        whole = F.interpolate(masks, size=(256, 256), mode="area")  # whole factors stay adaptive pooling
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert torch.equal(whole, F.interpolate(masks, size=(256, 256), mode="area"))
+
+
+def test_scattered_external_data_is_gathered_into_one_file_one_tensor_at_a_time(tmp_path):
+    """What the TorchScript exporter writes for a graph over 2 GiB (one file per tensor), made small: `_externalize`
+    gathers every tensor into the graph's one data file and ONNX Runtime runs the result with the same values."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from finecaption_ros.engines.export import _externalize
+
+    rng = np.random.default_rng(0)
+    weights = [rng.standard_normal((64, 64)).astype(np.float32) for _ in range(3)]
+    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", f"w{i}"], [f"h{i + 1}" if i < 2 else "y"])
+             for i in range(3)]
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)]), opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "g.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx", "w0", "w1", "w2"]
+    assert _externalize(path, None, None, {}) == ["g.onnx.data"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx", "g.onnx.data"]
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.allclose(got, x @ weights[0] @ weights[1] @ weights[2], rtol=1e-4, atol=1e-4)
