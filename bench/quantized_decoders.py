@@ -1,9 +1,9 @@
-"""Weight-only int8 decoder graphs against float ones under ONNX Runtime (CPU): decoder sizes, ms per decode step,
-and how many regions keep the same greedy captions.
+"""Weight-only int8 and int4 decoder graphs against float ones under ONNX Runtime (CPU): decoder sizes, ms per decode
+step, and how many regions keep the same greedy captions.
 
     python bench/quantized_decoders.py [--model DIR] [--precision fp32|fp16] [--scenes 20] [--steps 16]
 
-Both exports of the same model and precision, the decode steps timed alternately in one process (8 regions,
+The three exports of the same model and precision, the decode steps timed in turn in one process (8 regions,
 2 threads, medians); captions over fresh eval scenes, dense task plus two attributes every fourth scene.
 """
 from __future__ import annotations
@@ -33,24 +33,27 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--regions", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--weights", default="float,int8,int4", help="comma-separated, float first")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="quantized_"))
     manifests, captioners = {}, {}
-    for weights in ("float", "int8"):
+    kinds = args.weights.split(",")
+    for weights in kinds:
         manifests[weights] = export_onnx(args.model, work / weights, progress=lambda m: None,
                                          precision=args.precision, weights=weights)
         captioners[weights] = Captioner.from_pretrained(args.model, backend="onnxruntime",
                                                         engine_dir=work / weights, num_threads=args.threads)
     generator = SceneGenerator(split="eval", seed=777)
-    same = total = scenes_same = 0
+    same, scenes_same, total = dict.fromkeys(kinds, 0), dict.fromkeys(kinds, 0), 0
     for index in range(args.scenes):
         scene = generator.sample()
         task, attributes = ("attribute", ["color", "relative_location"]) if index % 4 == 3 else ("dense", None)
         got = {w: [r.caption for r in c.caption(scene.image, scene.labels, task=task, attributes=attributes)]
                for w, c in captioners.items()}
-        same += sum(a == b for a, b in zip(got["float"], got["int8"]))
         total += len(got["float"])
-        scenes_same += got["float"] == got["int8"]
+        for weights in kinds:
+            same[weights] += sum(a == b for a, b in zip(got["float"], got[weights]))
+            scenes_same[weights] += got["float"] == got[weights]
     manifest = manifests["float"]
     rng = np.random.default_rng(0)
     dtype = np.float16 if args.precision == "fp16" else np.float32
@@ -79,7 +82,8 @@ def main() -> int:
     for weights, m in manifests.items():
         sizes = [m["graphs"][g]["bytes"] / 2**20 for g in ("decoder_prefill", "decoder_step")]
         errors = [m["verification"][g] for g in ("decoder_prefill", "decoder_step")]
-        agreement = "" if weights == "float" else f"{same}/{total} regions, {scenes_same}/{args.scenes} scenes"
+        agreement = "" if weights == "float" else \
+            f"{same[weights]}/{total} regions, {scenes_same[weights]}/{args.scenes} scenes"
         print(f"| {weights} | {sizes[0]:.2f} + {sizes[1]:.2f} | {statistics.median(times[weights][1:]):.2f} | "
               f"{errors[0]:.1e}, {errors[1]:.1e} | {agreement} |")
     return 0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..cli_args import ArgumentParser, CommandError, output_dir, run
 from .manifest import PRECISIONS, EngineError, PlanLimits
+from .quantize import WEIGHTS
 
 _LIMIT_HELP = {
     "max_regions": "regions per call (the region encoder runs more in chunks; models with neighbour tokens need "
@@ -43,9 +44,10 @@ def register(subparsers) -> None:
                         help="fp32 (default), or fp16: fp16 weights and compute with the norm statistics, softmaxes "
                              "and logits in fp32, what fp16 TensorRT plans are built from (the default --out is "
                              "then the fp32 export dir's fp16/ subdirectory, where build-engine looks)")
-    export.add_argument("--weights", choices=("float", "int8"), default="float",
-                        help="int8: the decoder graphs' matrix weights weight-only int8, per output channel (the "
-                             "default --out is then <export dir>/<precision>-int8; pass it as --engine-dir)")
+    export.add_argument("--weights", choices=WEIGHTS, default="float",
+                        help="int8 / int4: the decoder graphs' matrix weights weight-only int8 per output channel, "
+                             "or int4 per block of 32 rows (opset 21 decoder graphs); the default --out is then "
+                             "<export dir>/<precision>-<weights>; pass it as --engine-dir")
     export.add_argument("--external-data", action="store_true",
                         help="write every graph's weights as ONNX external data (<graph>.onnx.data; the decoder "
                              "graphs share decoder.onnx.data), as is done anyway for graphs near ONNX's 2 GiB limit")

@@ -27,7 +27,7 @@ from ..model.finecaption import FineCaptionModel, load_tokenizer, weights_digest
 from . import graphs as G
 from .manifest import (EXPORTER_VERSION, MANIFEST_NAME, ONNX_FORMAT, PRECISIONS, OnnxExportMissingError,
                        graph_sha256, graphs_dir, read_onnx_manifest, write_json)
-from .quantize import WEIGHTS, quantize_matmul_weights
+from .quantize import INT4_OPSET, WEIGHTS, quantize_matmul_weights
 from .trt_ops import graph_problems
 
 log = logging.getLogger("finecaption.engines")
@@ -241,7 +241,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT
     External data goes into one file per graph (`<graph>.onnx.data`), except that the two decoder graphs share
     `decoder.onnx.data`: a tensor whose bytes are already in the file is referenced, not written again.
 
-    `weights="int8"`: the decoder graphs' MatMul weights weight-only int8 (`quantize.quantize_matmul_weights`)."""
+    `weights="int8"` / `"int4"`: the decoder graphs' MatMul weights weight-only int8 per column or int4 per block
+    (`quantize.quantize_matmul_weights`); int4 decoder graphs are opset 21."""
     import onnx
 
     if opset < 17:
@@ -265,30 +266,10 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT
     graphs, stored = {}, {}
     for stale in out_dir.glob("*.onnx.data"):  # offsets into an old data file would be wrong
         stale.unlink()
-    for name, (input_names, output_names, axes) in specs.items():
-        path = out_dir / f"{name}.onnx"
-        say(f"exporting {name} -> {path}")
-        args = tuple(a.half() if precision == "fp16" and a.is_floating_point() else a for a in refs[name][0])
-        graph_started = time.perf_counter()
-        with warnings.catch_warnings(), torch.no_grad(), _static_resize_sizes(), _fp32_statistics(precision):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(_graph_module(name, model), args, str(path), dynamo=False, opset_version=opset,
-                              input_names=input_names, output_names=output_names, dynamic_axes=axes,
-                              do_constant_folding=True)
-        _pin_static_output_dims(path, output_names, refs[name][1], axes)
-        onnx.shape_inference.infer_shapes_path(str(path), str(path))
-        if weights == "int8" and name in (G.DECODER_PREFILL, G.DECODER_STEP):
-            quantize_matmul_weights(path)
-        data = _externalize(path, DECODER_DATA if name in (G.DECODER_PREFILL, G.DECODER_STEP) else None,
-                            external_data, stored)
-        graph = onnx.load(str(path), load_external_data=False).graph
-        graphs[name] = {"file": path.name, "export_seconds": round(time.perf_counter() - graph_started, 2),
-                        "inputs": _value_infos(graph.input), "outputs": _value_infos(graph.output)}
-        if data:
-            graphs[name]["data"] = data
-        problems = graph_problems(path)
-        if problems:
-            raise RuntimeError(f"{path} is not TensorRT-compatible: " + "; ".join(problems[:8]))
+    for name, spec in specs.items():
+        say(f"exporting {name} -> {out_dir / f'{name}.onnx'}")
+        graphs[name] = export_graph(model, name, spec, refs[name][0], refs[name][1], out_dir, opset, precision,
+                                    weights, external_data, stored)
     for graph in graphs.values():  # after every graph: the decoder graphs append to one shared data file
         path, data = out_dir / graph["file"], graph.get("data", [])
         graph["sha256"] = graph_sha256(path, data)
@@ -330,6 +311,45 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT
     return manifest
 
 
+def export_graph(model: FineCaptionModel, name: str, spec: tuple, args: tuple, outputs, out_dir: Path, opset: int,
+                 precision: str, weights: str, external_data: bool | None, stored: dict) -> dict:
+    """One graph of `graph_specs(model)` traced on `args` into `out_dir/<name>.onnx`: static output dims pinned
+    from `outputs` (None: left as traced), shapes inferred, decoder weights quantized, weights externalized when
+    needed, the TensorRT op check run; returns its manifest entry (without sha256 / bytes, which need every graph's
+    data written first)."""
+    import onnx
+
+    input_names, output_names, axes = spec
+    path = out_dir / f"{name}.onnx"
+    args = tuple(a.half() if precision == "fp16" and a.is_floating_point() else a for a in args)
+    graph_started = time.perf_counter()
+    quantized = weights != "float" and name in (G.DECODER_PREFILL, G.DECODER_STEP)
+    # int4 needs opset 21, past the TorchScript exporter's 20: exported at 20, raised by the quantizer
+    graph_opset = max(opset, INT4_OPSET - 1) if quantized and weights == "int4" else opset
+    with warnings.catch_warnings(), torch.no_grad(), _static_resize_sizes(), _fp32_statistics(precision):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_graph_module(name, model), args, str(path), dynamo=False, opset_version=graph_opset,
+                          input_names=input_names, output_names=output_names, dynamic_axes=axes,
+                          do_constant_folding=True)
+    if outputs is not None:
+        _pin_static_output_dims(path, output_names, outputs, axes)
+    onnx.shape_inference.infer_shapes_path(str(path), str(path))
+    if quantized:
+        quantize_matmul_weights(path, weights)
+    data = _externalize(path, DECODER_DATA if name in (G.DECODER_PREFILL, G.DECODER_STEP) else None,
+                        external_data, stored)
+    header = onnx.load(str(path), load_external_data=False)
+    entry = {"file": path.name, "export_seconds": round(time.perf_counter() - graph_started, 2),
+             "opset": next(o.version for o in header.opset_import if o.domain in ("", "ai.onnx")),
+             "inputs": _value_infos(header.graph.input), "outputs": _value_infos(header.graph.output)}
+    if data:
+        entry["data"] = data
+    problems = graph_problems(path)
+    if problems:
+        raise RuntimeError(f"{path} is not TensorRT-compatible: " + "; ".join(problems[:8]))
+    return entry
+
+
 def _to_half(model: FineCaptionModel) -> None:
     """fp16 weights, but the rotary inverse frequencies: positions times fp16 frequencies would be off by whole
     radians at a few hundred tokens (the rotary module computes its angles in fp32 from this buffer)."""
@@ -366,23 +386,37 @@ def _fp32_statistics(precision: str):
 @contextlib.contextmanager
 def _static_resize_sizes():
     """While tracing, `F.interpolate(x, size=y.shape[-2:])` records the size as a shape computation; the exporter
-    needs it constant for `mode="area"` (adaptive pooling). Every spatial size in these graphs is static (fixed
-    image sizes), so the sizes are made plain ints for the duration of the export."""
+    needs it constant for `mode="area"` (adaptive pooling), and a whole factor (else `_area_resize`). Every spatial
+    size in these graphs is static (fixed image sizes), so the sizes are made plain ints for the export."""
     functional = torch.nn.functional
     original = functional.interpolate
 
-    def interpolate(input, size=None, *args, **kwargs):
+    def interpolate(input, size=None, scale_factor=None, mode="nearest", *args, **kwargs):
         if size is not None and not isinstance(size, int):
             size = tuple(int(s) for s in size)
         elif size is not None:
             size = int(size)
-        return original(input, size, *args, **kwargs)
+        if mode == "area" and isinstance(size, tuple) and len(size) == 2 and \
+                any(int(i) % o for i, o in zip(input.shape[-2:], size)):
+            return _area_resize(input, size)
+        return original(input, size, scale_factor, mode, *args, **kwargs)
 
     functional.interpolate = interpolate
     try:
         yield
     finally:
         functional.interpolate = original
+
+
+def _area_resize(input: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """torch's "area" resize as two matrix products with the windows' averaging weights: the exporter writes area
+    resizes as adaptive average pooling, which it refuses when an output size does not divide the input (the 8B
+    config's 1024 px masks -> 336 px ViT). The same values, up to float rounding."""
+    from ..model.inputs import _area_weights
+
+    rows = _area_weights(int(input.shape[-2]), size[0]).to(input.dtype)
+    cols = _area_weights(int(input.shape[-1]), size[1]).to(input.dtype)
+    return torch.matmul(torch.matmul(rows, input), cols.t())
 
 
 def _pin_static_output_dims(path: Path, output_names: list[str], outputs, axes: dict) -> None:
@@ -417,7 +451,7 @@ def _externalize(path: Path, shared: str | None, external_data: bool | None, sto
     import hashlib
 
     import onnx
-    from onnx.external_data_helper import ExternalDataInfo, set_external_data, uses_external_data
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
     header = onnx.load(str(path), load_external_data=False)
     scattered = sorted({ExternalDataInfo(t).location for t in header.graph.initializer if uses_external_data(t)})
@@ -427,13 +461,13 @@ def _externalize(path: Path, shared: str | None, external_data: bool | None, sto
                          f"--no-external-data")
     if not scattered and not external_data and (external_data is False or weight_bytes < EXTERNAL_DATA_FROM):
         return []
-    model = onnx.load(str(path)) if scattered else header
     location = shared or f"{path.name}.data"
     data_path = path.with_name(location)
     with open(data_path, "ab") as handle:
-        for tensor in model.graph.initializer:
-            raw = tensor.raw_data
-            if len(raw) < 1024:  # small constants stay in the graph
+        for tensor in header.graph.initializer:
+            # one scattered tensor in memory at a time, not the whole graph's weights (8B: ~5 GB beside the model)
+            raw = _scattered_bytes(path, tensor) if uses_external_data(tensor) else tensor.raw_data
+            if len(raw) < 1024 and not uses_external_data(tensor):  # small constants stay in the graph
                 continue
             key = (location, tensor.data_type, hashlib.sha256(raw).hexdigest())
             if key not in stored:
@@ -442,13 +476,26 @@ def _externalize(path: Path, shared: str | None, external_data: bool | None, sto
                 handle.write(raw)
                 stored[key] = (offset, len(raw))
             offset, length = stored[key]
-            set_external_data(tensor, location, offset, length)
+            del tensor.external_data[:]
+            for field, value in (("location", location), ("offset", offset), ("length", length)):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = field, str(value)
             tensor.ClearField("raw_data")
             tensor.data_location = onnx.TensorProto.EXTERNAL
-    onnx.save(model, str(path))
+            del raw
+    onnx.save(header, str(path))
     for name in scattered:
         path.with_name(name).unlink(missing_ok=True)
     return [location]
+
+
+def _scattered_bytes(path: Path, tensor) -> bytes:
+    from onnx.external_data_helper import ExternalDataInfo
+
+    info = ExternalDataInfo(tensor)
+    with open(path.with_name(info.location), "rb") as handle:
+        handle.seek(info.offset or 0)
+        return handle.read(info.length) if info.length else handle.read()
 
 
 def verify_export(out_dir: Path, refs: dict) -> dict[str, float]:

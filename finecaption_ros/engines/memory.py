@@ -20,10 +20,10 @@ import torch
 
 from ..model.config import FineCaptionConfig
 from . import graphs as G
+from .quantize import INT4_BLOCK
 
 BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
 MEMORY_PRECISIONS = tuple(BYTES)
-INT4_BLOCK = 32
 JETSON_GIB = {"Orin Nano 8 GB": 8, "Orin NX 16 GB": 16, "AGX Orin 32 GB": 32, "AGX Orin 64 GB": 64}
 SYSTEM_RESERVE_GIB = 2.5  # measured budgets vary; JetPack 6 desktop-less with ROS 2 idles around 1.5-2 GiB
 

@@ -14,6 +14,10 @@ from pathlib import Path
 
 MIN_OPSET = 17
 MAX_OPSET = 20  # the highest opset TensorRT 10.0 parses
+# INT4 weights: ONNX has the INT4 type and blocked DequantizeLinear only from opset 21, and TensorRT's parser reads
+# them since 10.0 ("Added support for INT4 quantization", onnx-tensorrt changelog, 10.0 EA), so a graph holding
+# INT4 weights may say 21; its other ops mean at 21 what they meant at 20 (`quantize._raise_opset_to_21`).
+MAX_OPSET_INT4 = 21
 
 TENSORRT_SUPPORTED_OPS = frozenset("""
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil Celu Clip Concat
@@ -38,11 +42,14 @@ def graph_problems(path: str | Path) -> list[str]:
 
     model = onnx.load(str(path), load_external_data=False)
     problems = []
+    initializers = {init.name: init for init in model.graph.initializer}
+    has_int4 = any(t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4) for t in initializers.values())
+    highest = MAX_OPSET_INT4 if has_int4 else MAX_OPSET
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     version = opsets.get("ai.onnx")
-    if version is None or not MIN_OPSET <= version <= MAX_OPSET:
-        problems.append(f"opset {version} outside {MIN_OPSET}..{MAX_OPSET}")
-    constants = {init.name for init in model.graph.initializer}
+    if version is None or not MIN_OPSET <= version <= highest:
+        problems.append(f"opset {version} outside {MIN_OPSET}..{highest}")
+    constants = set(initializers)
     constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
     for node in model.graph.node:
         where = f"{node.op_type} node {node.name or node.output[0]!r}"
@@ -65,6 +72,30 @@ def graph_problems(path: str | Path) -> list[str]:
             problems.append(f"{where}: axes are not a build-time constant")
         if node.op_type in ("Squeeze", "Unsqueeze") and len(node.input) > 1 and node.input[1] not in constants:
             problems.append(f"{where}: axes are not a build-time constant")
+        if node.op_type == "DequantizeLinear":
+            problems += _dequantize_problems(where, node, attrs, initializers)
+    return problems
+
+
+def _dequantize_problems(where: str, node, attrs: dict, initializers: dict) -> list[str]:
+    """TensorRT's restrictions on DequantizeLinear: scale and zero point initializers; blocked (block_size) only for
+    2-D INT4 weights, blocked along one axis, the scale of the same rank."""
+    import onnx
+
+    problems = [f"{where}: {role} is not an initializer" for role, name in zip(("scale", "zero point"), node.input[1:])
+                if name and name not in initializers]
+    if not attrs.get("block_size"):
+        return problems
+    weight, scale = initializers.get(node.input[0]), initializers.get(node.input[1])
+    if weight is None or weight.data_type not in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+        problems.append(f"{where}: block quantization of something other than INT4 weights")
+    elif len(weight.dims) != 2 or scale is None or len(scale.dims) != 2:
+        problems.append(f"{where}: block quantization needs 2-D weights and scales")
+    else:
+        axis = attrs.get("axis", 1) % 2
+        blocks = [d // (attrs["block_size"] if i == axis else 1) for i, d in enumerate(weight.dims)]
+        if list(scale.dims) != blocks:
+            problems.append(f"{where}: scale shape {list(scale.dims)} is not one per block {blocks}")
     return problems
 
 

@@ -202,3 +202,137 @@ def test_int8_decoder_weights_are_dequantized_in_the_graph_and_stay_close(random
         assert manifest["graphs"][name]["bytes"] < 0.4 * read_onnx_manifest(onnx_dir)["graphs"][name]["bytes"]
         assert manifest["verification"][name] < 5e-2  # ONNX Runtime vs the float torch model
     assert manifest["verification"]["frame_encoder"] < 1e-4  # the encoders are untouched
+
+
+def test_int4_decoder_weights_are_int4_blocks_behind_dequantize_linear(random_model_dir, onnx_dir, tmp_path):
+    """`--weights int4`: each decoder MatMul weight becomes packed INT4 with one scale per block of 32 rows behind a
+    blocked DequantizeLinear (opset 21); the decoder graphs pass the TensorRT op check, shrink below a quarter of
+    the float ones."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from finecaption_ros.engines.cli import main
+    from finecaption_ros.engines.quantize import INT4_BLOCK
+    from finecaption_ros.engines.trt_ops import MAX_OPSET_INT4
+
+    out = tmp_path / "int4"
+    assert main(["export-onnx", "--model", str(random_model_dir), "--out", str(out), "--weights", "int4"]) == 0
+    manifest = read_onnx_manifest(out)
+    assert manifest["weights"] == "int4"
+    float_manifest = read_onnx_manifest(onnx_dir)
+    for name in ("decoder_prefill", "decoder_step"):
+        path = out / manifest["graphs"][name]["file"]
+        model = onnx.load(str(path))
+        assert manifest["graphs"][name]["opset"] == MAX_OPSET_INT4
+        initializers = {t.name: t for t in model.graph.initializer}
+        quantized = [t for t in initializers.values() if t.data_type == TensorProto.INT4]
+        assert len(quantized) == 7 * manifest["num_layers"] + 1  # q, k, v, o, gate, up, down per layer + lm_head
+        assert graph_problems(path) == []
+        assert manifest["graphs"][name]["bytes"] < 0.25 * float_manifest["graphs"][name]["bytes"]
+        checked = 0
+        for node in model.graph.node:
+            if node.op_type != "DequantizeLinear":
+                continue
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            assert attrs == {"axis": 0, "block_size": INT4_BLOCK}
+            values = numpy_helper.to_array(initializers[node.input[0]]).astype(np.float32)
+            scale = numpy_helper.to_array(initializers[node.input[1]])
+            assert values.min() >= -8 and values.max() <= 7 and values.std() > 1  # the range is used
+            assert scale.shape == (values.shape[0] // INT4_BLOCK, values.shape[1])
+            checked += 1
+        assert checked == len(quantized)
+    for name in ("frame_encoder", "region_encoder"):  # the encoders are untouched
+        assert manifest["graphs"][name]["opset"] == manifest["opset"]
+        assert manifest["verification"][name] < 1e-4
+
+
+def test_the_op_check_refuses_blocked_dequantize_linear_that_tensorrt_cannot_build(tmp_path):
+    """Blocked DequantizeLinear: TensorRT takes it only on 2-D INT4 weights with a scale per block; opset 21 only
+    for graphs holding INT4 weights."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from finecaption_ros.engines.quantize import pack_int4
+
+    def graph(weight_type=TensorProto.INT4, scale_rows=2, opset=21, with_int4=True):
+        q = helper.make_tensor("q", weight_type, [64, 8], pack_int4(np.zeros((64, 8), np.int8))
+                               if weight_type == TensorProto.INT4 else np.zeros((64, 8), np.int8).tobytes(), raw=True)
+        scale = numpy_helper.from_array(np.ones((scale_rows, 8), np.float32), "s")
+        nodes = [helper.make_node("DequantizeLinear", ["q", "s"], ["w"], axis=0, block_size=32),
+                 helper.make_node("MatMul", ["x", "w"], ["y"])]
+        model = helper.make_model(helper.make_graph(
+            nodes if with_int4 else nodes[1:], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+            [q, scale] if with_int4 else [numpy_helper.from_array(np.ones((64, 8), np.float32), "w")]),
+            opset_imports=[helper.make_opsetid("", opset)])
+        path = tmp_path / f"g{len(list(tmp_path.iterdir()))}.onnx"
+        onnx.save(model, str(path))
+        return graph_problems(path)
+
+    assert graph() == []
+    assert any("INT4 weights" in p for p in graph(weight_type=TensorProto.INT8))
+    assert any("one per block" in p for p in graph(scale_rows=4))
+    assert any("opset 21" in p for p in graph(with_int4=False))
+
+
+def test_int4_blocks_round_to_half_a_step_and_pack_as_onnx_reads_them():
+    """The quantizer's math: every weight within half a step of its block's scale, the largest of each block at
+    -8..7's edge, and the packed nibbles read back by onnx's own INT4 decoder as the same values."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from finecaption_ros.engines.quantize import INT4_BLOCK, int4_blocks, pack_int4
+
+    weights = np.random.default_rng(0).standard_normal((4 * INT4_BLOCK, 6)).astype(np.float32)
+    weights[:INT4_BLOCK, 0] *= 100  # one block of much larger weights gets its own scale
+    values, scale = int4_blocks(weights)
+    step = np.repeat(scale, INT4_BLOCK, axis=0)
+    assert np.all(np.abs(values * step - weights) <= 0.5001 * step)
+    assert np.all(np.abs(values).reshape(4, INT4_BLOCK, 6).max(axis=1) == 7)
+    assert scale[0, 0] > 20 * scale[1, 0]
+    tensor = helper.make_tensor("q", TensorProto.INT4, list(values.shape), pack_int4(values), raw=True)
+    assert np.array_equal(numpy_helper.to_array(tensor).astype(np.int8), values)
+
+
+def test_area_resizes_by_a_fraction_export_as_matrix_products_with_the_same_values():
+    """The 8B config's 1024 px masks -> 336 px ViT: the exporter refuses adaptive pooling by a non-whole factor, so
+    while exporting, such an "area" resize is two matrix products, equal to torch's own."""
+    import torch
+    import torch.nn.functional as F
+
+    from finecaption_ros.engines.export import _static_resize_sizes
+
+    masks = (torch.rand(2, 1, 1024, 1024, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    expected = F.interpolate(masks, size=(336, 336), mode="area")
+    with _static_resize_sizes():
+        got = F.interpolate(masks, size=(336, 336), mode="area")
+        whole = F.interpolate(masks, size=(256, 256), mode="area")  # whole factors stay adaptive pooling
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert torch.equal(whole, F.interpolate(masks, size=(256, 256), mode="area"))
+
+
+def test_scattered_external_data_is_gathered_into_one_file_one_tensor_at_a_time(tmp_path):
+    """What the TorchScript exporter writes for a graph over 2 GiB (one file per tensor), made small: `_externalize`
+    gathers every tensor into the graph's one data file and ONNX Runtime runs the result with the same values."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from finecaption_ros.engines.export import _externalize
+
+    rng = np.random.default_rng(0)
+    weights = [rng.standard_normal((64, 64)).astype(np.float32) for _ in range(3)]
+    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", f"w{i}"], [f"h{i + 1}" if i < 2 else "y"])
+             for i in range(3)]
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)]), opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "g.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx", "w0", "w1", "w2"]
+    assert _externalize(path, None, None, {}) == ["g.onnx.data"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx", "g.onnx.data"]
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.allclose(got, x @ weights[0] @ weights[1] @ weights[2], rtol=1e-4, atol=1e-4)

@@ -202,6 +202,37 @@ def test_fp16_graphs_keep_the_greedy_tokens_on_fresh_scenes(parity_model_dir, pa
     assert worst < FP16_TOLERANCE
 
 
+# Weight-only int4 decoders (blocks of 32) against the float graphs: on the packaged model every region of 20 scenes
+# kept its caption in bench/quantized_decoders.py (107/107, seed 777); 90% leaves room for other scenes and models.
+INT4_REGIONS_SAME = 0.9
+
+
+def test_int4_decoders_keep_most_captions_of_the_float_graphs(parity_model_dir, parity_onnx_dir, random_model_dir,
+                                                               tmp_path):
+    """ONNX Runtime runs the int4 decoder graphs (blocked DequantizeLinear, opset 21), and their greedy captions are
+    the float graphs' on >= 90% of the regions of 20 fresh scenes."""
+    from finecaption_ros.engines.export import export_onnx
+
+    if parity_model_dir == random_model_dir:
+        pytest.skip("needs a trained model (the packaged one or $FINECAPTION_PARITY_MODEL): an untrained model's "
+                    "near-uniform logits flip under any rounding")
+    manifest = export_onnx(parity_model_dir, tmp_path / "int4", weights="int4")
+    assert manifest["graphs"]["decoder_step"]["opset"] == 21
+    captioners = {weights: Captioner.from_pretrained(parity_model_dir, backend="onnxruntime", engine_dir=onnx_dir)
+                  for weights, onnx_dir in (("float", parity_onnx_dir), ("int4", tmp_path / "int4"))}
+    generator = SceneGenerator(split="eval", seed=20240611)
+    same = total = 0
+    for index in range(PARITY_SCENES):
+        scene = generator.sample()
+        task, attributes = ("attribute", ["color", "relative_location"]) if index % 4 == 3 else ("dense", None)
+        got = {w: [r.caption for r in c.caption(scene.image, scene.labels, task=task, attributes=attributes)]
+               for w, c in captioners.items()}
+        same += sum(a == b for a, b in zip(got["float"], got["int4"]))
+        total += len(got["float"])
+    print(f"int4 decoders: {same}/{total} regions with the float graphs' captions (model {parity_model_dir})")
+    assert same >= INT4_REGIONS_SAME * total
+
+
 def test_captioner_runs_on_onnxruntime(random_model_dir, onnx_dir):
     captioner = Captioner.from_pretrained(random_model_dir, backend="onnxruntime", engine_dir=onnx_dir)
     assert captioner.backend == "onnxruntime"
