@@ -7,11 +7,8 @@ import pytest
 from bagfiles import IMAGE_TOPIC, MASK_TOPIC, scenes, write_bag
 from rosharness import PYTHON, Client, NodeProcess, node_command, wait_until
 
+from finecaption_ros.ros.common import stamp_ns
 from finecaption_ros.ros_support.bags import caption_bag, read_captions
-
-
-def stamp_ns(msg) -> int:
-    return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
 
 
 SOURCE_CMD = [PYTHON, "-m", "finecaption_ros.ros.source"]
@@ -27,7 +24,7 @@ def test_replayed_bag_gives_the_offline_captions_and_stamps(ros, tmp_path, defau
     stamps = write_bag(bag, frames, "mcap", period_s=PERIOD_S)
     summary = caption_bag(bag, tmp_path / "offline", default_captioner, IMAGE_TOPIC, MASK_TOPIC)
     assert summary.frames == 5
-    offline = {m.header.stamp.sec * 10**9 + m.header.stamp.nanosec: m for m in read_captions(tmp_path / "offline")}
+    offline = {stamp_ns(m.header.stamp): m for m in read_captions(tmp_path / "offline")}
     assert sorted(offline) == stamps
 
     # Best-effort delivery of large frames can lose some (issue 10), so the node subscribes reliably here.
@@ -43,14 +40,14 @@ def test_replayed_bag_gives_the_offline_captions_and_stamps(ros, tmp_path, defau
         assert source.wait(120) == 0, source.log()
         assert "bag replay finished: 10 messages" in source.log()
         def received():
-            got = {m.header.stamp.sec * 10**9 + m.header.stamp.nanosec: m for m in client.all_captions()}
+            got = {stamp_ns(m.header.stamp): m for m in client.all_captions()}
             return got if set(stamps) <= set(got) else None
 
         live = wait_until(received, 120, message="captions for every replayed stamp")
         # The pace, from when each frame's captions arrived: a subscription of this test's own could still be
         # unmatched when the source (which waits for the node's) sends the first frames.
         with client.lock:
-            arrivals = sorted(min(t for t, m in client.captions if stamp_ns(m) == s) for s in stamps)
+            arrivals = sorted(min(t for t, m in client.captions if stamp_ns(m.header.stamp) == s) for s in stamps)
         span = arrivals[-1] - arrivals[0]
     finally:
         if source is not None:
