@@ -132,9 +132,17 @@ def lifecycle_call(client: Client, node_name: str, kind, request, timeout: float
     service = client.node.create_client(kind, f"/{node_name}/{'change_state' if kind is ChangeState else 'get_state'}")
     try:
         assert service.wait_for_service(timeout_sec=60), f"no lifecycle service on {node_name}"
-        future = service.call_async(request)
-        wait_until(future.done, timeout, interval=0.02, message="lifecycle service answered")
-        return future.result()
+        # A request sent just after discovery can go unanswered (its reply path not matched yet: seen once in a
+        # clean-clone run); get_state is idempotent, so it is asked again. change_state is sent once.
+        tries = 4 if kind is GetState else 1
+        for _ in range(tries):
+            future = service.call_async(request)
+            deadline = time.monotonic() + timeout / tries
+            while not future.done() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if future.done():
+                return future.result()
+        raise AssertionError(f"lifecycle service answered not met within {timeout} s")
     finally:
         client.node.destroy_client(service)
 
