@@ -3,7 +3,8 @@
     .venv/bin/python bench/multi_camera.py [--cameras 2,4] [--regions 4] [--rate 15] [--seconds 20] [--model PATH]
 
 For each camera count N, side by side in one run: (a) one finecaption_node with `cameras:=[cam0, ..., camN-1]`,
-which captions the latest frame of every camera in one batch; (b) N finecaption_node processes, one per camera
+one model in memory, whose inference workers (by default one per camera up to the core count) each caption the
+latest frames of their share of the cameras in one batch; (b) N finecaption_node processes, one per camera
 (`__ns:=/camK`), as one would run them without the `cameras` parameter. The same publisher feeds both the same
 topics (/camK/image + /camK/mask, 256x256, `--regions` regions, a different scene per camera) at `--rate` Hz per
 camera, reliable QoS. Printed per case: captioned frames/s per camera (mean over cameras; frames captioned while
@@ -11,7 +12,8 @@ publishing / publishing time), the batched/separate ratio (target >= 1.5x at 4 c
 (publish -> caption received, over all cameras), the total resident memory of the node processes (target: less for
 the batched node), the median inference ms per caption message (for the batched node: of the whole batch) and the
 CPU time of the node processes per captioned frame. Caption reuse is off: every frame goes through the model. Every
-node keeps its default num_threads (`--batched-threads N` changes the batched node's). Results: bench/README.md.
+node keeps its default num_threads and workers (`--batched-threads N` / `--batched-workers N` change the batched
+node's). Results: README, "Several cameras in one node".
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ import rclpy  # noqa: E402
 from node_frames import frame_with_regions  # noqa: E402
 from rosharness import Client, NodeProcess, node_command  # noqa: E402
 
+from finecaption_ros.ros_support.startup import inference_workers  # noqa: E402
+
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -52,10 +56,11 @@ def cpu_seconds(procs: list[NodeProcess]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def start_nodes(cameras: list[str], batched: bool, params: dict, tag: str, threads: int) -> list[NodeProcess]:
+def start_nodes(cameras: list[str], batched: bool, params: dict, tag: str, args) -> list[NodeProcess]:
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     if batched:
-        cmd = node_command({**params, "cameras": cameras, "num_threads": threads}, name=f"bench_multi_{tag}")
+        cmd = node_command({**params, "cameras": cameras, "num_threads": args.batched_threads,
+                            "inference_workers": args.batched_workers}, name=f"bench_multi_{tag}")
         return [NodeProcess(cmd, logs / f"finecaption_bench_multi_{os.getpid()}_{tag}.log")]
     return [NodeProcess(node_command(params, name=f"bench_multi_{tag}_{c}") + ["-r", f"__ns:=/{c}"],
                         logs / f"finecaption_bench_multi_{os.getpid()}_{tag}_{c}.log") for c in cameras]
@@ -63,7 +68,7 @@ def start_nodes(cameras: list[str], batched: bool, params: dict, tag: str, threa
 
 def run_case(cameras: list[str], batched: bool, frames: dict, args, params: dict) -> dict:
     tag = f"{len(cameras)}{'b' if batched else 's'}"
-    procs = start_nodes(cameras, batched, params, tag, args.batched_threads)
+    procs = start_nodes(cameras, batched, params, tag, args)
     clients = {c: Client(f"bench_multi_{tag}_{c}", name=f"bench_multi_client_{tag}_{c}", image_topic=f"/{c}/image",
                          mask_topic=f"/{c}/mask", captions_topic=f"/{c}/region_captions") for c in cameras}
     try:
@@ -113,7 +118,9 @@ def run_case(cameras: list[str], batched: bool, frames: dict, args, params: dict
         return {"fps": statistics.mean(fps), "fps_min": min(fps), "p95": percentile(latency, 0.95),
                 "p50": percentile(latency, 0.5), "rss": rss,
                 "cpu_ms": cpu * 1e3 / captioned if captioned else float("nan"),
-                "inference_ms": statistics.median(inference) if inference else float("nan"), "published": published, "processes": len(procs)}
+                "inference_ms": statistics.median(inference) if inference else float("nan"), "published": published,
+                "processes": len(procs),
+                "workers": inference_workers(args.batched_workers, len(cameras), "torch") if batched else len(procs)}
     finally:
         for client in clients.values():
             client.close()
@@ -130,13 +137,15 @@ def main() -> int:
     parser.add_argument("--model", default="", help="model folder (default: the embedded default model)")
     parser.add_argument("--batched-threads", type=int, default=0,
                         help="num_threads of the batched node (0 = its default, as every separate node has)")
+    parser.add_argument("--batched-workers", type=int, default=0,
+                        help="inference_workers of the batched node (0 = its default: one per camera up to the cores)")
     args = parser.parse_args()
     params = {"qos": "reliable", "caption_reuse": False, "diagnostics_period": 1.0}
     if args.model:
         params["model_path"] = args.model
 
     rclpy.init()
-    print(f"{'cams':>4} {'mode':>9} {'procs':>5} | {'fps/cam':>7} {'min':>5} | {'p50 ms':>6} {'p95 ms':>6} | "
+    print(f"{'cams':>4} {'mode':>9} {'procs':>5} {'workers':>7} | {'fps/cam':>7} {'min':>5} | {'p50 ms':>6} {'p95 ms':>6} | "
           f"{'RSS MB':>7} | {'infer ms':>8} {'CPU ms/frame':>12} | load average", flush=True)
     try:
         for count in (int(n) for n in args.cameras.split(",")):
@@ -145,7 +154,8 @@ def main() -> int:
             results = {}
             for batched in (True, False):
                 r = results[batched] = run_case(cameras, batched, frames, args, params)
-                print(f"{count:>4} {'batched' if batched else 'separate':>9} {r['processes']:>5} | {r['fps']:>7.2f} "
+                print(f"{count:>4} {'batched' if batched else 'separate':>9} {r['processes']:>5} {r['workers']:>7} | "
+                      f"{r['fps']:>7.2f} "
                       f"{r['fps_min']:>5.2f} | {r['p50']:>6.0f} {r['p95']:>6.0f} | {r['rss']:>7.0f} | "
                       f"{r['inference_ms']:>8.0f} {r['cpu_ms']:>12.0f} | "
                       f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)

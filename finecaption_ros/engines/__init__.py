@@ -18,11 +18,13 @@ from .manifest import (BackendUnavailableError, EngineError, OnnxExportMissingEr
                        PlanMismatchError)
 
 ENGINE_BACKENDS = ("onnxruntime", "tensorrt")
+# Backends whose captioner may not run two calls at once: a TensorRT engine's execution context holds its bindings.
+SERIAL_BACKENDS = frozenset({"tensorrt"})
 ORT_OPTIONS = frozenset({"num_threads", "providers"})
 TRT_OPTIONS = frozenset({"precision", "on_mismatch", "plan_dir", "max_regions", "max_batch", "max_prompt",
                          "max_new_tokens", "max_frames", "workspace_mib", "timing_cache", "device", "progress"})
 
-__all__ = ["load_backend", "ENGINE_BACKENDS", "EngineError", "BackendUnavailableError", "OnnxExportMissingError",
+__all__ = ["load_backend", "ENGINE_BACKENDS", "SERIAL_BACKENDS", "EngineError", "BackendUnavailableError", "OnnxExportMissingError",
            "PlanMismatchError", "PlanLoadError", "PlanBuildError"]
 
 

@@ -7,12 +7,12 @@ Publishes: `region_captions` (finecaption_ros/RegionCaptionArray, header copied 
 `<ns>/region_captions`), `~/annotated_image` (`~/<ns>/annotated_image`) when `publish_annotated`, `/diagnostics`.
 Service: `~/caption_regions` (finecaption_ros/CaptionRegions).
 
-Threads: one SingleThreadedExecutor thread receives images, masks, parameter calls and timers; one worker thread
-runs every caption, stream frames and service requests alike (service.py: the service waits on its own thread). A
-MultiThreadedExecutor's Python threads would hold the GIL in turns with the inference thread, whose hundreds of
-small torch ops each need it back. At most one paired frame waits per camera (a newer one replaces it: dropped);
-the worker captions the waiting frame of every camera in one batch, dropping (and counting) any that waited longer
-than `latency_budget`. A lifecycle node: `lifecycle:=true` waits for a manager (configure loads the model and
+Threads: one SingleThreadedExecutor thread receives images, masks, parameter calls and timers; `inference_workers`
+worker threads (one with one camera) run every caption, stream frames and service requests alike (service.py: the
+service waits on its own thread). A MultiThreadedExecutor's Python threads would hold the GIL in turns with the
+inference thread, whose hundreds of small torch ops each need it back. At most one paired frame waits per camera
+(a newer one replaces it: dropped); a worker captions the waiting frames of its share of the cameras in one batch
+(latest.py), dropping (and counting) any that waited longer than `latency_budget`. A lifecycle node: `lifecycle:=true` waits for a manager (configure loads the model and
 opens the topics, activate takes frames, deactivate counts arriving frames as frames_inactive, cleanup releases
 the model); otherwise it configures and activates itself. Bad input is logged in one line, counted in diagnostics
 and never stops the node; Ctrl-C stops the worker before the ROS context goes down.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 import time
 import traceback
 
@@ -40,11 +39,11 @@ from ..ros_support.annotate import annotate
 from ..ros_support.dds import use_large_frame_transport
 from ..ros_support.errors import FrameError
 from ..ros_support.image_codec import check_image, check_mask, encode
-from ..ros_support.latest import REQUEST, LatestSlot, PairedFrame, ServiceJob
+from ..ros_support.latest import InferenceWorkers, LatestSlot, PairedFrame, ServiceJob
 from ..ros_support.pairing import IMAGE, MASK, StampPairer
 from ..ros_support.params import NODE_PARAMS, validate
 from ..ros_support.pipeline import CaptionPipeline, PipelineConfig
-from ..ros_support.startup import StartupError, inference_threads, load_captioner, warm_up
+from ..ros_support.startup import StartupError, inference_threads, inference_workers, load_captioner, warm_up
 from ..ros_support.stats import NodeStats, rss_mb
 from ..tasks import ATTRIBUTES
 from .service import CaptionService
@@ -67,7 +66,7 @@ class FineCaptionNode(LifecycleNode):
         self._running = self._active = self._annotated_failed = False
         self._startup_error: StartupError | None = None
         self._subs, self._pubs, self._tims = [], [], []  # made in configure, gone in cleanup (rclpy owns _timers)
-        self.captioner = self.pipeline = self.worker = self.service = None
+        self.captioner = self.pipeline = self.workers = self.service = None
         self.pairers: dict[str, StampPairer] = {}
 
         self.add_on_set_parameters_callback(self._validate_parameters)
@@ -113,16 +112,17 @@ class FineCaptionNode(LifecycleNode):
 
     def _configure(self) -> None:
         p = self.param_values()
+        self.n_workers = inference_workers(p["inference_workers"], len(self.cameras), p["backend"])
         self.captioner = self._given_captioner or load_captioner(
-            p["model_path"], p["backend"], p["engine_dir"], p["num_threads"], precision=p["engine_precision"],
-            on_mismatch=p["engine_on_mismatch"])
+            p["model_path"], p["backend"], p["engine_dir"], inference_threads(p["num_threads"], self.n_workers),
+            precision=p["engine_precision"], on_mismatch=p["engine_on_mismatch"])
         self.model_id = str(getattr(self.captioner, "model_id", "unknown"))
         self.backend = str(getattr(self.captioner, "backend", p["backend"]))
         self._known_attributes = tuple(getattr(self.captioner, "supported_attributes", ATTRIBUTES))
         reason = validate({"attributes": p["attributes"]}, p, self._known_attributes)
         if reason:
             raise StartupError(f"invalid parameter: {reason}")
-        self.pipeline = CaptionPipeline(self.captioner, PipelineConfig.from_params(p))
+        self.pipeline = CaptionPipeline(self.captioner, PipelineConfig.from_params(p), self.n_workers)
         self.get_logger().debug(f"warm-up took {warm_up(self.captioner):.2f} s")
         self.pairers = {c: StampPairer(int(p["sync_slop"] * 1e9), int(p["sync_timeout"] * 1e9),
                                        p["sync_queue_size"]) for c in self.cameras}
@@ -148,8 +148,8 @@ class FineCaptionNode(LifecycleNode):
         self._tims += [self.create_timer(p["diagnostics_period"], self._publish_diagnostics),
                          self.create_timer(0.1, self._expire)]
         self._running = True
-        self.worker = threading.Thread(target=self._work, name="finecaption-inference", daemon=True)
-        self.worker.start()
+        self.workers = InferenceWorkers(self.slot, self.n_workers, len(self.cameras), self._caption_frames,
+                                        self._answer, self._worker_failed)
         # Created last: once the service is there, the node is ready.
         self.service = CaptionService(self, p["service_queue_depth"], self._hand_over, self.log)
         inputs = ", ".join(" + ".join(self.resolve_topic_name(_topic(c, n)) for n in ("image", "mask")) +
@@ -264,20 +264,9 @@ class FineCaptionNode(LifecycleNode):
             self.log.warn(f"{counter}_{item.why}_{camera}", f"{camera}: {line}" if camera else line)
 
     # ----------------------------------------------------------------------------------------------- worker
-    def _work(self) -> None:
-        while self._running:
-            work = self.slot.take_work(timeout=0.25)
-            if work is None:
-                continue
-            kind, item = work
-            if kind == REQUEST:
-                self._answer(item)
-                continue
-            try:
-                self._caption_frames(item)
-            except Exception as err:  # never let the worker die
-                self._reject(FrameError("captioner_error", f"captioning failed: {type(err).__name__}: {err}"))
-                self.log.debug(traceback.format_exc())
+    def _worker_failed(self, err: Exception) -> None:
+        self._reject(FrameError("captioner_error", f"captioning failed: {type(err).__name__}: {err}"))
+        self.log.debug(traceback.format_exc())
 
     def _caption_frames(self, frames: list[PairedFrame]) -> None:
         """The latest frame of every camera that has one, in one batch; frames over the latency budget dropped."""
@@ -288,7 +277,8 @@ class FineCaptionNode(LifecycleNode):
             self.log.warn(f"stale_{frame.camera}", f"{frame.camera or 'frame'} stamped {_stamp_text(frame.image)} "
                           f"waited {now - frame.received:.3f} s, more than latency_budget = {budget:g} s; dropped")
         frames = [f for f in frames if f not in stale]
-        results = self.pipeline.process_message_batch([(f.image, f.mask) for f in frames]) if frames else []
+        results = self.pipeline.process_message_batch([(f.image, f.mask) for f in frames],
+                                                      sources=[f.camera for f in frames]) if frames else []
         for frame, result in zip(frames, results):
             if isinstance(result, FrameError):
                 self._reject(result)
@@ -354,7 +344,8 @@ class FineCaptionNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         snap, p = self.stats.snapshot(), self.param_values()
         values = {"model_id": self.model_id, "backend": self.backend, "task": p["task"],
-                  "inference_threads": inference_threads(p["num_threads"]), "active": self._active,
+                  "inference_workers": self.n_workers, "active": self._active,
+                  "inference_threads": inference_threads(p["num_threads"], self.n_workers),
                   **self.stats.diagnostic_values(snap), "service_queue_depth": p["service_queue_depth"],
                   "frame_waiting": self.slot.waiting,
                   "pending_images": sum(q.pending(IMAGE) for q in self.pairers.values()),
@@ -372,14 +363,13 @@ class FineCaptionNode(LifecycleNode):
     def stop(self) -> None:
         """Stop the worker and the service thread (before the ROS context goes down: they publish and answer)."""
         self._running = self._active = False
-        if self.worker is None:
+        if self.workers is None:
             return
         for job in self.slot.close():
             job.done.set()  # its caller answers "shutting down"
-        if self.worker is not threading.current_thread():
-            self.worker.join(timeout=10.0)
+        self.workers.join(timeout=10.0)
         self.service.stop()
-        self.worker = self.service = None
+        self.workers = self.service = None
 
     def destroy_node(self) -> None:
         self._close()

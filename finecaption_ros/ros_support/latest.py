@@ -1,7 +1,9 @@
 """The hand-over between the executor thread and the inference worker: the latest-frame slot of each camera (at
 most one frame waits per camera; a newer frame replaces it and the replaced one is counted as dropped) and a
 bounded queue of service requests, which the worker takes in turn with the frames so that neither starves the
-other. The worker takes the waiting frames of every camera at once, to caption them in one batch."""
+other. A worker takes the waiting frames of every camera at once, to caption them in one batch; with several
+workers, a camera whose frame a worker still holds is left to wait (its captions stay in stamp order) and each
+worker takes at most `limit` cameras, so that the others find frames too."""
 from __future__ import annotations
 
 import threading
@@ -38,6 +40,7 @@ class LatestSlot:
         self.max_requests = max_requests
         self._last = REQUEST
         self._closed = False
+        self._held: set = set()  # cameras whose frame a worker is captioning
         self.dropped = 0
 
     def put(self, item: Any, key: Any = "") -> Any:
@@ -66,20 +69,29 @@ class LatestSlot:
                 return None
             return self._items.pop("", None)
 
-    def take_work(self, timeout: float | None = None) -> tuple[str, Any] | None:
-        """Wait for frames or a request: (FRAME, [the latest frame of every camera that has one]) or
-        (REQUEST, request), alternating when both wait; None on timeout or once closed."""
+    def take_work(self, timeout: float | None = None, limit: int | None = None) -> tuple[str, Any] | None:
+        """Wait for frames or a request: (FRAME, [the latest frame of at most `limit` cameras, longest waiting first,
+        none a worker still holds]) or (REQUEST, request), alternating when both wait; None on timeout or once
+        closed. The cameras taken are held until `release(frames)`."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._items or self._requests or self._closed, timeout):
+            free = lambda: [k for k in self._items if k not in self._held][:limit]  # noqa: E731
+            if not self._cond.wait_for(lambda: free() or self._requests or self._closed, timeout):
                 return None
             if self._closed:
                 return None
-            if self._requests and (not self._items or self._last == FRAME):
+            cameras = free()
+            if self._requests and (not cameras or self._last == FRAME):
                 self._last = REQUEST
                 return REQUEST, self._requests.popleft()
             self._last = FRAME
-            frames, self._items = list(self._items.values()), {}
-            return FRAME, frames
+            self._held.update(cameras)
+            return FRAME, [self._items.pop(k) for k in cameras]
+
+    def release(self, frames: list) -> None:
+        """The worker is done with `frames` (from take_work): their cameras' next frames may be taken."""
+        with self._cond:
+            self._held.difference_update(f.camera for f in frames)
+            self._cond.notify_all()
 
     def clear(self) -> list:
         """Remove the waiting frames (the node stopped taking frames); returns them."""
@@ -105,3 +117,42 @@ class LatestSlot:
     def requests_waiting(self) -> int:
         with self._cond:
             return len(self._requests)
+
+    @property
+    def closed(self) -> bool:
+        with self._cond:
+            return self._closed
+
+
+class InferenceWorkers:
+    """`count` daemon threads that take work from `slot` until it closes: frames (each worker at most its share of
+    `cameras`, so that the others find frames too) go to `on_frames(frames)`, requests to `on_request(request)`. An
+    exception from either goes to `on_error(err)`: a worker never dies."""
+
+    def __init__(self, slot: LatestSlot, count: int, cameras: int, on_frames, on_request, on_error):
+        self.slot, self.share = slot, -(-cameras // count)
+        self.on_frames, self.on_request, self.on_error = on_frames, on_request, on_error
+        self.threads = [threading.Thread(target=self._run, name=f"finecaption-inference-{k}", daemon=True)
+                        for k in range(count)]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self) -> None:
+        while not self.slot.closed:
+            work = self.slot.take_work(timeout=0.25, limit=self.share)
+            if work is None:
+                continue
+            kind, item = work
+            try:
+                (self.on_request if kind == REQUEST else self.on_frames)(item)
+            except Exception as err:  # noqa: BLE001
+                self.on_error(err)
+            finally:
+                if kind != REQUEST:
+                    self.slot.release(item)
+
+    def join(self, timeout: float) -> None:
+        """Wait for the workers (after `slot.close()`), but never for the calling thread itself."""
+        for thread in self.threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout)

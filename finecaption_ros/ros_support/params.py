@@ -46,8 +46,11 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("engine_on_mismatch", "rebuild", "TensorRT plans built for another GPU / TensorRT / model: rebuild "
               "them at start-up, or refuse to start with the command that fixes it", read_only=True,
               choices=("rebuild", "refuse")),
-    ParamSpec("num_threads", 0, "CPU threads for inference; 0 = one per core, less one for DDS and the camera", read_only=True, minimum=0,
-              maximum=256),
+    ParamSpec("num_threads", 0, "CPU threads per inference worker; 0 = the cores less one (for DDS and the camera), "
+              "shared by the workers", read_only=True, minimum=0, maximum=256),
+    ParamSpec("inference_workers", 0, "threads that caption in parallel, each a batch of other cameras' frames; "
+              "0 = one per camera up to the core count (1 for the tensorrt backend)", read_only=True, minimum=0,
+              maximum=64),
     ParamSpec("task", "dense", "what to caption: one attribute per region, a dense caption per region, or the whole "
               "image", choices=TASKS),
     ParamSpec("attributes", ["color", "category"], "attribute names for task 'attribute'",

@@ -1,9 +1,11 @@
 """From decoded (or raw) image + mask pairs to region captions: region selection, caption reuse and the captioner
-call. rclpy-free; the node turns the result into messages. Thread-safe: one captioner call at a time.
+call. rclpy-free; the node turns the result into messages. Thread-safe: at most `concurrency` captioner calls run
+at once (the node's inference workers).
 
-Several frames (one per camera) go through one captioner call: each keeps its own region selection, reuse and
-neighbours; only the decode is shared. A frame that fails fails alone. Tasks and attributes are checked by the
-captioner (its CaptionerInputError becomes a FrameError here), the parameters by params.py."""
+Several frames (one per camera) go through one captioner call: each keeps its own region selection, reuse (keyed
+by its source: the camera) and neighbours; only the decode is shared. A frame that fails fails alone. Tasks and
+attributes are checked by the captioner (its CaptionerInputError becomes a FrameError here), the parameters by
+params.py."""
 from __future__ import annotations
 
 import threading
@@ -62,28 +64,24 @@ class _Work:  # one frame between region selection and the captioner's answer
     masks: dict[int, np.ndarray]
     reused: dict[tuple[int, str], RegionCaption]
     compute: list[int]
+    source: str = ""
     model_masks: np.ndarray | None = None
     only: list[int] | None = None
 
 
 class CaptionPipeline:
-    def __init__(self, captioner, config: PipelineConfig | None = None):
+    def __init__(self, captioner, config: PipelineConfig | None = None, concurrency: int = 1):
         self.captioner = captioner
         self.reuse = CaptionReuse()
         self.config = config or PipelineConfig()
-        self._apply_reuse_config()
-        self._model_lock = threading.Lock()
+        self.reuse.set_limits(self.config)
+        self._model_lock = threading.BoundedSemaphore(concurrency)
         self._config_lock = threading.Lock()
-
-    def _apply_reuse_config(self) -> None:
-        c = self.config
-        self.reuse.iou_threshold, self.reuse.pixel_threshold = c.reuse_iou_threshold, c.reuse_pixel_threshold
-        self.reuse.max_age_s = c.reuse_max_age
 
     def configure(self, config: PipelineConfig) -> None:
         with self._config_lock:
             old, self.config = self.config, config
-            self._apply_reuse_config()
+            self.reuse.set_limits(config)
             if (old.task, old.attributes, old.max_new_tokens) != (config.task, config.attributes,
                                                                    config.max_new_tokens) or not config.caption_reuse:
                 self.reuse.clear()
@@ -109,7 +107,7 @@ class CaptionPipeline:
 
     def process_message_batch(self, pairs, task: str | None = None, **options) -> list[FrameResult | FrameError]:
         """(image message, mask message) pairs -> one FrameResult, or the FrameError that refused it, per pair."""
-        task = task or self.config.task
+        task, sources = task or self.config.task, options.pop("sources", None) or [""] * len(pairs)
         decoded, decode_s = [], []
         for image_msg, mask_msg in pairs:
             t0 = time.perf_counter()
@@ -118,7 +116,8 @@ class CaptionPipeline:
             except FrameError as err:
                 decoded.append(err)
             decode_s.append(time.perf_counter() - t0)
-        outs = iter(self.process_batch([d for d in decoded if not isinstance(d, FrameError)], task=task, **options))
+        ok = [k for k, d in enumerate(decoded) if not isinstance(d, FrameError)]
+        outs = iter(self.process_batch([decoded[k] for k in ok], task, sources=[sources[k] for k in ok], **options))
         results = [d if isinstance(d, FrameError) else next(outs) for d in decoded]
         for result, seconds in zip(results, decode_s):
             if isinstance(result, FrameResult):
@@ -126,16 +125,17 @@ class CaptionPipeline:
         return results
 
     def process_batch(self, frames, task: str | None = None, attributes=None, use_reuse: bool = True,
-                      now_s: float | None = None) -> list[FrameResult | FrameError]:
-        """(image, labels) frames -> one FrameResult, or the FrameError that refused it, per frame; the regions
-        still to caption of all frames go to the captioner in one call."""
+                      now_s: float | None = None, sources=None) -> list[FrameResult | FrameError]:
+        """(image, labels) frames (from `sources`, default all "") -> one FrameResult, or the FrameError that refused
+        it, per frame; the regions still to caption of all frames go to the captioner in one call."""
         with self._config_lock:
             config = self.config
         task = task or config.task
         attrs = (tuple(attributes) if attributes else config.attributes) if task == ATTRIBUTE_TASK else ("",)
         use_reuse = use_reuse and config.caption_reuse
         now_s = time.monotonic() if now_s is None else now_s
-        works = [self._select(config, image, labels, task, attrs, use_reuse, now_s) for image, labels in frames]
+        works = [self._select(config, image, labels, task, attrs, use_reuse, now_s, source)
+                 for (image, labels), source in zip(frames, sources or [""] * len(frames))]
         outputs = self._caption(config, [w for w in works if w.compute], task, attrs)
         results = []
         for work in works:
@@ -146,8 +146,8 @@ class CaptionPipeline:
             computed = {(c.region_id, c.attribute): c for c in out}  # the captioner's own results, as they are
             for c in out if use_reuse else ():
                 if c.region_id in work.masks:
-                    self.reuse.store((c.region_id, task, c.attribute), work.masks[c.region_id], work.result.image,
-                                     c, now_s)
+                    self.reuse.store((work.source, c.region_id, task, c.attribute), work.masks[c.region_id],
+                                     work.result.image, c, now_s)
             work.result.captions = [item for i in work.ids for a in attrs
                                     if (item := work.reused.get((i, a)) or computed.get((i, a))) is not None]
             work.result.reused, work.result.computed = len(work.reused), len(computed)
@@ -156,7 +156,7 @@ class CaptionPipeline:
             self.reuse.prune(now_s)
         return results
 
-    def _select(self, config, image, labels, task, attrs, use_reuse, now_s) -> _Work:
+    def _select(self, config, image, labels, task, attrs, use_reuse, now_s, source) -> _Work:
         t0 = time.perf_counter()
         result = FrameResult([], image, labels)
         h, w = image.shape[:2]
@@ -172,7 +172,7 @@ class CaptionPipeline:
         for region_id in ids:
             hits = {}
             for attr in attrs if use_reuse else ():
-                decision = self.reuse.check((region_id, task, attr), masks[region_id], image, now_s)
+                decision = self.reuse.check((source, region_id, task, attr), masks[region_id], image, now_s)
                 if decision.result is None:
                     break
                 hits[attr] = decision.result
@@ -183,7 +183,7 @@ class CaptionPipeline:
                                                               box, areas[region_id], reused=True)
             else:
                 compute.append(region_id)
-        work = _Work(result, ids, masks, reused, compute)
+        work = _Work(result, ids, masks, reused, compute, source)
         if compute and task == GLOBAL_TASK:
             work.model_masks = np.ones((h, w), dtype=np.int32)
         elif compute:  # every selected region goes in, reused ones too: they are the recomputed ones' neighbours

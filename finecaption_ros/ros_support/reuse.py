@@ -6,12 +6,13 @@ eventually recaptioned. Each check costs work over the region's bounding box onl
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-Key = tuple[int, str, str]  # (region id, task, attribute)
+Key = tuple[str, int, str, str]  # (source: the camera, region id, task, attribute)
 
 
 @dataclass
@@ -48,16 +49,24 @@ class CaptionReuse:
         self.max_age_s = max_age_s
         self.max_entries = max_entries
         self._refs: dict[Key, _Reference] = {}
+        self._lock = threading.RLock()  # the node's inference workers share one cache (each its own cameras' keys)
+
+    def set_limits(self, config) -> None:
+        """The thresholds from a PipelineConfig (the node's reuse_* parameters)."""
+        self.iou_threshold, self.pixel_threshold = config.reuse_iou_threshold, config.reuse_pixel_threshold
+        self.max_age_s = config.reuse_max_age
 
     def __len__(self) -> int:
         return len(self._refs)
 
     def clear(self) -> None:
-        self._refs.clear()
+        with self._lock:
+            self._refs.clear()
 
     def check(self, key: Key, mask: np.ndarray, image: np.ndarray, now_s: float) -> ReuseDecision:
         """Is the stored caption of `key` still good for this full-frame `mask` on `image`?"""
-        ref = self._refs.get(key)
+        with self._lock:
+            ref = self._refs.get(key)
         if ref is None:
             return ReuseDecision(None, why="new")
         ref.seen_s = now_s
@@ -94,13 +103,18 @@ class CaptionReuse:
         if box is None:
             return
         x0, y0, x1, y1 = box
-        self._refs[key] = _Reference(box, mask[y0:y1, x0:x1].copy(), image[y0:y1, x0:x1].copy(), result, now_s,
-                                     now_s)
-        if len(self._refs) > self.max_entries:
-            self.prune(now_s, keep=self.max_entries)
+        with self._lock:
+            self._refs[key] = _Reference(box, mask[y0:y1, x0:x1].copy(), image[y0:y1, x0:x1].copy(), result, now_s,
+                                         now_s)
+            if len(self._refs) > self.max_entries:
+                self.prune(now_s, keep=self.max_entries)
 
     def prune(self, now_s: float, keep: int | None = None) -> None:
         """Forget references not seen for longer than max_age (or the least recently seen beyond `keep`)."""
+        with self._lock:
+            self._prune(now_s, keep)
+
+    def _prune(self, now_s: float, keep: int | None) -> None:
         if self.max_age_s > 0:
             for key in [k for k, r in self._refs.items() if now_s - r.seen_s > self.max_age_s]:
                 del self._refs[key]

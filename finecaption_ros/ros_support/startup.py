@@ -8,11 +8,25 @@ class StartupError(RuntimeError):
     """The node cannot start (bad parameter, missing model); the message is the one log line."""
 
 
-def inference_threads(num_threads: int = 0) -> int:
-    """The num_threads parameter, 0 resolved: one core per thread, less one left to DDS and the camera. torch's
-    OpenMP workers spin-wait between ops, so a thread more than the free cores costs far more than it gives
-    (measured in README, "The ROS 2 node")."""
-    return num_threads or max(1, len(os.sched_getaffinity(0)) - 1)
+def inference_threads(num_threads: int = 0, workers: int = 1) -> int:
+    """The num_threads parameter (per inference worker), 0 resolved: the cores less one left to DDS and the camera,
+    shared by the workers, at least one each. torch's OpenMP workers spin-wait between ops, so a thread more than
+    the free cores costs far more than it gives (measured in README, "The ROS 2 node")."""
+    return num_threads or max(1, (len(os.sched_getaffinity(0)) - 1) // workers)
+
+
+def inference_workers(requested: int, cameras: int, backend: str) -> int:
+    """The inference_workers parameter, 0 resolved: one per camera up to the core count (a camera's frames go to
+    one worker at a time, so more workers than cameras would idle), one for a backend that runs one call at a
+    time. An explicit count such a backend cannot run is a StartupError."""
+    from ..engines import SERIAL_BACKENDS
+
+    if backend in SERIAL_BACKENDS:
+        if requested > 1:
+            raise StartupError(f"invalid parameter: inference_workers = {requested}, but the {backend} backend runs "
+                               "one caption at a time; set inference_workers to 0 or 1")
+        return 1
+    return requested or max(1, min(cameras, len(os.sched_getaffinity(0))))
 
 
 def load_captioner(model_path: str, backend: str, engine_dir: str, num_threads: int = 0, **engine_options):

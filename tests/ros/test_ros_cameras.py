@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import time
 
 import pytest
@@ -76,6 +77,8 @@ def test_two_cameras_get_their_own_captions_with_their_own_stamps(cameras_node, 
     assert not stamps["front"] & stamps["left"]
     assert {m.header.frame_id for m in front.all_captions()} == {"front_optical"}
     values = front.latest_diagnostics()
+    # By default one inference worker per camera, up to the cores: here each camera can have a batch of its own.
+    assert int(values["inference_workers"]) == min(len(CAMERAS), len(os.sched_getaffinity(0)))
     for camera in CAMERAS:
         assert int(values[f"{camera}.frames_captioned"]) >= 2
         for key in ("images_received", "frames_dropped", "frames_stale", "captioned_rate_hz", "latency_p95_ms"):

@@ -3,7 +3,9 @@ reuse, the pipeline, annotation and parameter validation."""
 from __future__ import annotations
 
 import array
+import os
 import threading
+import time
 import types
 
 import numpy as np
@@ -13,13 +15,14 @@ from fakes import FakeCaptioner
 from finecaption_ros.ros_support import image_codec as codec
 from finecaption_ros.ros_support.annotate import annotate
 from finecaption_ros.ros_support.errors import ECHO_LIMIT, LINE_LIMIT, FrameError, echo
-from finecaption_ros.ros_support.latest import LatestSlot
+from finecaption_ros.ros_support.latest import FRAME, InferenceWorkers, LatestSlot, PairedFrame
 from finecaption_ros.ros_support.pairing import IMAGE, MASK, StampPairer
 from finecaption_ros.ros_support.params import NODE_PARAMS, validate
 from finecaption_ros.ros_support.pipeline import CaptionPipeline, PipelineConfig
 from finecaption_ros.ros_support.regions import bbox_of, select_regions
 from finecaption_ros.ros_support.reuse import CaptionReuse
 from finecaption_ros.ros_support.sources import SourceError, open_source, upscale
+from finecaption_ros.ros_support.startup import StartupError, inference_threads, inference_workers
 
 
 def msg_from(fields: dict, **override):
@@ -193,6 +196,76 @@ def test_latest_slot_wakes_a_waiting_worker():
     assert got == ["frame"]
     slot.close()
     assert slot.take(5) is None
+
+
+def frame(camera: str, stamp: int = 0) -> PairedFrame:
+    return PairedFrame(camera, None, None, stamp, 0.0, 0.0)
+
+
+def test_latest_slot_gives_each_worker_its_share_and_holds_cameras_in_flight():
+    slot = LatestSlot()
+    for camera in "abcd":
+        slot.put(frame(camera), camera)
+    slot.put(frame("a", 1), "a")  # a's newer frame: a now waited least
+    kind, first = slot.take_work(0, limit=2)
+    assert kind == FRAME and [f.camera for f in first] == ["b", "c"]  # the longest waiting first
+    _, second = slot.take_work(0, limit=2)
+    assert [(f.camera, f.stamp_ns) for f in second] == [("d", 0), ("a", 1)]
+    slot.put(frame("b", 2), "b")
+    assert slot.take_work(0.01, limit=2) is None  # b's frame waits: a worker still captions b's previous one
+    slot.release(first)
+    _, third = slot.take_work(0, limit=2)
+    assert [(f.camera, f.stamp_ns) for f in third] == [("b", 2)]
+
+
+def test_inference_workers_run_in_parallel_keep_each_camera_in_order_and_survive_errors():
+    slot, lock = LatestSlot(), threading.Lock()
+    seen, busy, overlaps, most, errors = {c: [] for c in "abcd"}, set(), [], [0], []
+
+    def on_frames(frames):
+        cameras = {f.camera for f in frames}
+        with lock:
+            overlaps.append(bool(busy & cameras))
+            busy.update(cameras)
+            most[0] = max(most[0], len(busy))
+        try:
+            time.sleep(0.02)
+            for f in frames:
+                seen[f.camera].append(f.stamp_ns)
+                if (f.camera, f.stamp_ns) == ("b", 5):
+                    raise RuntimeError("boom")
+        finally:
+            with lock:
+                busy.difference_update(cameras)
+
+    workers = InferenceWorkers(slot, 2, 4, on_frames, on_request=None, on_error=errors.append)
+    for stamp in range(30):
+        for camera in "abcd":
+            slot.put(frame(camera, stamp), camera)
+        time.sleep(0.01)
+    deadline = time.monotonic() + 10
+    while (slot.waiting or busy) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    slot.close()
+    workers.join(5)
+    assert not any(overlaps)  # a camera is never in two workers at once
+    assert most[0] > 2  # both workers had a batch at the same time
+    for camera, stamps in seen.items():
+        assert stamps == sorted(set(stamps)) and stamps[-1] == 29, camera  # in order, the newest frame captioned
+    assert [str(e) for e in errors] == ["boom"] and not any(t.is_alive() for t in workers.threads)
+
+
+def test_inference_workers_and_threads_resolved_for_the_machine(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)))
+    assert inference_workers(0, 1, "torch") == 1  # one camera: one worker, as before
+    assert inference_workers(0, 4, "onnxruntime") == 2  # one per camera, up to the cores
+    assert inference_workers(3, 1, "torch") == 3
+    assert inference_workers(0, 4, "tensorrt") == 1
+    with pytest.raises(StartupError, match="inference_workers = 2.*tensorrt"):
+        inference_workers(2, 4, "tensorrt")
+    assert (inference_threads(0, 1), inference_threads(0, 2), inference_threads(3, 2)) == (1, 1, 3)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert (inference_threads(0, 1), inference_threads(0, 2)) == (7, 3)
 
 
 # ---------------------------------------------------------------------------------------------------- regions
@@ -431,6 +504,15 @@ def test_pipeline_batches_frames_of_several_cameras_in_one_captioner_call():
     out = pipe.process_batch([(image, scene_labels()), (image, bad)])
     assert isinstance(out[1], FrameError) and out[1].reason == "captioner_error"
     assert [c.region_id for c in out[0].captions] == [5, 9]
+
+
+def test_pipeline_keeps_the_reuse_of_each_camera_apart():
+    pipe = CaptionPipeline(FakeCaptioner(), PipelineConfig(min_region_area=16))
+    front, left = (RNG.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in range(2))
+    frames = [(front, scene_labels()), (left, scene_labels())]  # the same region ids, other pixels
+    pipe.process_batch(frames, sources=["front", "left"], now_s=0)
+    again = pipe.process_batch(frames, sources=["front", "left"], now_s=1)
+    assert [[c.reused for c in r.captions] for r in again] == [[True, True], [True, True]]
 
 
 def _refusing(caption, bad_labels):
