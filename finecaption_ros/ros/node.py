@@ -10,12 +10,13 @@ Service: `~/caption_regions` (finecaption_ros/CaptionRegions).
 Threads: one SingleThreadedExecutor thread receives images, masks, parameter calls and timers; `inference_workers`
 worker threads (one with one camera) run every caption, stream frames and service requests alike (service.py: the
 service waits on its own thread). A MultiThreadedExecutor's Python threads would hold the GIL in turns with the
-inference thread, whose hundreds of small torch ops each need it back. At most one paired frame waits per camera
-(a newer one replaces it: dropped); a worker captions the waiting frames of its share of the cameras in one batch
-(latest.py), dropping (and counting) any that waited longer than `latency_budget`. A lifecycle node: `lifecycle:=true` waits for a manager (configure loads the model and
-opens the topics, activate takes frames, deactivate counts arriving frames as frames_inactive, cleanup releases
-the model); otherwise it configures and activates itself. Bad input is logged in one line, counted in diagnostics
-and never stops the node; Ctrl-C stops the worker before the ROS context goes down.
+inference thread, whose hundreds of small torch ops each need it back. At most one paired frame waits per camera (a
+newer one replaces it: dropped); a worker captions the waiting frame of every camera in one batch, dropping (and
+counting) any that waited longer than `latency_budget`, and the next worker the frames that arrive meanwhile. A
+lifecycle node: `lifecycle:=true` waits for a manager (configure loads the model and opens the topics, activate
+takes frames, deactivate counts arriving frames as frames_inactive, cleanup releases the model); otherwise it
+configures and activates itself. Bad input is logged in one line, counted in diagnostics and never stops the node;
+Ctrl-C stops the workers before the ROS context goes down.
 """
 from __future__ import annotations
 
@@ -148,8 +149,8 @@ class FineCaptionNode(LifecycleNode):
         self._tims += [self.create_timer(p["diagnostics_period"], self._publish_diagnostics),
                          self.create_timer(0.1, self._expire)]
         self._running = True
-        self.workers = InferenceWorkers(self.slot, self.n_workers, len(self.cameras), self._caption_frames,
-                                        self._answer, self._worker_failed)
+        self.workers = InferenceWorkers(self.slot, self.n_workers, self._caption_frames, self._answer,
+                                        self._worker_failed)
         # Created last: once the service is there, the node is ready.
         self.service = CaptionService(self, p["service_queue_depth"], self._hand_over, self.log)
         inputs = ", ".join(" + ".join(self.resolve_topic_name(_topic(c, n)) for n in ("image", "mask")) +
@@ -286,6 +287,9 @@ class FineCaptionNode(LifecycleNode):
             for counter, line, n in result.problems:
                 self.stats.problem(counter, line, n)
                 self.log.warn(counter, line)
+            if not self.slot.claim(frame):  # a later frame's captions went out first
+                self.stats.count("frames_dropped", camera=frame.camera)
+                continue
             t_publish = time.perf_counter()
             msg = captions_message(result, frame.image.header, self.model_id, self.backend)
             msg.processing_latency = time.monotonic() - frame.received

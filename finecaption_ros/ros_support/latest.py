@@ -2,8 +2,8 @@
 most one frame waits per camera; a newer frame replaces it and the replaced one is counted as dropped) and a
 bounded queue of service requests, which the worker takes in turn with the frames so that neither starves the
 other. A worker takes the waiting frames of every camera at once, to caption them in one batch; with several
-workers, a camera whose frame a worker still holds is left to wait (its captions stay in stamp order) and each
-worker takes at most `limit` cameras, so that the others find frames too."""
+workers, the next worker takes the frames that arrive meanwhile, so two batches may hold frames of one camera (the
+node publishes a camera's captions in the order its frames arrived: `claim`)."""
 from __future__ import annotations
 
 import threading
@@ -40,7 +40,7 @@ class LatestSlot:
         self.max_requests = max_requests
         self._last = REQUEST
         self._closed = False
-        self._held: set = set()  # cameras whose frame a worker is captioning
+        self._claimed: dict[Any, float] = {}  # camera -> arrival time of its newest frame whose captions went out
         self.dropped = 0
 
     def put(self, item: Any, key: Any = "") -> Any:
@@ -69,29 +69,30 @@ class LatestSlot:
                 return None
             return self._items.pop("", None)
 
-    def take_work(self, timeout: float | None = None, limit: int | None = None) -> tuple[str, Any] | None:
-        """Wait for frames or a request: (FRAME, [the latest frame of at most `limit` cameras, longest waiting first,
-        none a worker still holds]) or (REQUEST, request), alternating when both wait; None on timeout or once
-        closed. The cameras taken are held until `release(frames)`."""
+    def take_work(self, timeout: float | None = None) -> tuple[str, Any] | None:
+        """Wait for frames or a request: (FRAME, [the latest frame of every camera that has one]) or
+        (REQUEST, request), alternating when both wait; None on timeout or once closed."""
         with self._cond:
-            free = lambda: [k for k in self._items if k not in self._held][:limit]  # noqa: E731
-            if not self._cond.wait_for(lambda: free() or self._requests or self._closed, timeout):
+            if not self._cond.wait_for(lambda: self._items or self._requests or self._closed, timeout):
                 return None
             if self._closed:
                 return None
-            cameras = free()
-            if self._requests and (not cameras or self._last == FRAME):
+            if self._requests and (not self._items or self._last == FRAME):
                 self._last = REQUEST
                 return REQUEST, self._requests.popleft()
             self._last = FRAME
-            self._held.update(cameras)
-            return FRAME, [self._items.pop(k) for k in cameras]
+            frames, self._items = list(self._items.values()), {}
+            return FRAME, frames
 
-    def release(self, frames: list) -> None:
-        """The worker is done with `frames` (from take_work): their cameras' next frames may be taken."""
+    def claim(self, frame: PairedFrame) -> bool:
+        """May a worker publish this frame's captions? Only if no frame of its camera that arrived later was
+        published first (by another worker, whose batch finished sooner); False means drop it. By arrival, not by
+        stamp: a bag that loops or a clock reset sends stamps backwards."""
         with self._cond:
-            self._held.difference_update(f.camera for f in frames)
-            self._cond.notify_all()
+            if frame.received <= self._claimed.get(frame.camera, float("-inf")):
+                return False
+            self._claimed[frame.camera] = frame.received
+            return True
 
     def clear(self) -> list:
         """Remove the waiting frames (the node stopped taking frames); returns them."""
@@ -125,12 +126,11 @@ class LatestSlot:
 
 
 class InferenceWorkers:
-    """`count` daemon threads that take work from `slot` until it closes: frames (each worker at most its share of
-    `cameras`, so that the others find frames too) go to `on_frames(frames)`, requests to `on_request(request)`. An
-    exception from either goes to `on_error(err)`: a worker never dies."""
+    """`count` daemon threads that take work from `slot` until it closes: frames go to `on_frames(frames)`,
+    requests to `on_request(request)`. An exception from either goes to `on_error(err)`: a worker never dies."""
 
-    def __init__(self, slot: LatestSlot, count: int, cameras: int, on_frames, on_request, on_error):
-        self.slot, self.share = slot, -(-cameras // count)
+    def __init__(self, slot: LatestSlot, count: int, on_frames, on_request, on_error):
+        self.slot = slot
         self.on_frames, self.on_request, self.on_error = on_frames, on_request, on_error
         self.threads = [threading.Thread(target=self._run, name=f"finecaption-inference-{k}", daemon=True)
                         for k in range(count)]
@@ -139,7 +139,7 @@ class InferenceWorkers:
 
     def _run(self) -> None:
         while not self.slot.closed:
-            work = self.slot.take_work(timeout=0.25, limit=self.share)
+            work = self.slot.take_work(timeout=0.25)
             if work is None:
                 continue
             kind, item = work
@@ -147,9 +147,6 @@ class InferenceWorkers:
                 (self.on_request if kind == REQUEST else self.on_frames)(item)
             except Exception as err:  # noqa: BLE001
                 self.on_error(err)
-            finally:
-                if kind != REQUEST:
-                    self.slot.release(item)
 
     def join(self, timeout: float) -> None:
         """Wait for the workers (after `slot.close()`), but never for the calling thread itself."""
