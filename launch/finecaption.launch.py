@@ -75,6 +75,8 @@ def generate_launch_description():
                               description="seconds a frame may wait for the model before it is dropped; 0 = none"),
         DeclareLaunchArgument("lifecycle", default_value="false", choices=["true", "false"],
                               description="a managed (lifecycle) node that waits for configure and activate"),
+        DeclareLaunchArgument("inference_workers", default_value="0",
+                              description="batches captioned at once; 0 = one per camera up to the cores"),
     ]
     environment = SetEnvironmentVariable(PROFILE_VARIABLE, os.environ.get(PROFILE_VARIABLE) or
                                          str(LARGE_FRAMES_PROFILE))
@@ -105,6 +107,7 @@ def generate_launch_description():
             "cameras": ParameterValue(LaunchConfiguration("cameras"), value_type=List[str]),
             "latency_budget": ParameterValue(LaunchConfiguration("latency_budget"), value_type=float),
             "lifecycle": ParameterValue(LaunchConfiguration("lifecycle"), value_type=bool),
+            "inference_workers": ParameterValue(LaunchConfiguration("inference_workers"), value_type=int),
         }],
         remappings=[
             ("image", LaunchConfiguration("image")),
