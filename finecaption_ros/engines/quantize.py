@@ -28,12 +28,18 @@ _CHANGED_AT_21 = {"GroupNormalization"}
 
 
 def quantize_matmul_weights(path: str | Path, weights: str = "int8") -> dict:
-    """Rewrites the graph at `path` in place; returns how many weights were quantized and their bytes before/after."""
+    """Rewrites the graph at `path` in place; returns how many weights were quantized and their bytes before/after.
+    A graph whose weights the exporter wrote as one external file per tensor (over 2 GiB) is written back the same
+    way, for `export._externalize` to gather: int8 weights of a 1B decoder still exceed protobuf's 2 GiB."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
     if weights not in ("int8", "int4"):
         raise ValueError(f"weights must be int8 or int4, got {weights!r}")
+    path = Path(path)
+    scattered = {ExternalDataInfo(t).location for t in onnx.load(str(path), load_external_data=False).graph.initializer
+                 if uses_external_data(t)}
     model = onnx.load(str(path))
     graph = model.graph
     if weights == "int4":
@@ -82,7 +88,13 @@ def quantize_matmul_weights(path: str | Path, weights: str = "int8") -> dict:
     unused = [t for t in graph.initializer if t.name in users and users[t.name] == 0]
     for tensor in unused:
         graph.initializer.remove(tensor)
-    onnx.save(model, str(path))
+    if not scattered:
+        onnx.save(model, str(path))
+    else:
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=1024)
+        left = {ExternalDataInfo(t).location for t in graph.initializer if uses_external_data(t)}
+        for name in scattered - left:  # the float weights that were quantized away
+            (path.parent / name).unlink(missing_ok=True)
     return {"weights": replaced, "bytes_before": before, "bytes_after": after, "kept_float": kept}
 
 

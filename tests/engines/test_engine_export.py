@@ -204,6 +204,36 @@ def test_int8_decoder_weights_are_dequantized_in_the_graph_and_stay_close(random
     assert manifest["verification"]["frame_encoder"] < 1e-4  # the encoders are untouched
 
 
+def test_quantizing_a_graph_with_one_external_file_per_tensor_keeps_it_that_way(tmp_path):
+    """A decoder over 2 GiB comes from the exporter as one external file per tensor, and its int8 weights can still
+    exceed protobuf's 2 GiB (a 1B decoder): the quantizer writes it back the same way, drops the float weights'
+    files, and the graph still runs."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from finecaption_ros.engines.quantize import quantize_matmul_weights
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((64, 128)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 128])],
+                              [numpy_helper.from_array(weight, "w")])
+    path = tmp_path / "decoder_prefill.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path),
+              save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0)
+    assert (tmp_path / "w").is_file()
+    assert quantize_matmul_weights(path, "int8")["weights"] == 1
+    assert not (tmp_path / "w").exists()  # the float weight's file is gone with it
+    header = onnx.load(str(path), load_external_data=False)
+    assert {t.data_type for t in header.graph.initializer} == {TensorProto.INT8, TensorProto.FLOAT}
+    assert any(t.data_location == TensorProto.EXTERNAL for t in header.graph.initializer)
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(y - x @ weight).max() < 0.05 * np.abs(x @ weight).max()
+
+
 def test_int4_decoder_weights_are_int4_blocks_behind_dequantize_linear(random_model_dir, onnx_dir, tmp_path):
     """`--weights int4`: each decoder MatMul weight becomes packed INT4 with one scale per block of 32 rows behind a
     blocked DequantizeLinear (opset 21); the decoder graphs pass the TensorRT op check, shrink below a quarter of
