@@ -9,14 +9,14 @@ the same `--work` goes on where it stopped. The stages:
 - model: random weights (seed 0) saved as a model directory.
 - export: `export_onnx(..., precision="fp16")`: time, graph and data file sizes, ONNX Runtime vs fp32 torch error
   of each graph on the exporter's example inputs.
-- torch: fp32 torch captions (dense, 6 new tokens) of `--scenes` eval scenes.
-- ort: the same scenes under ONNX Runtime (fp16 graphs): how many captions match torch's; then ms per decode step
+- torch: fp32 torch captions (dense, 6 new tokens) of `--scenes` eval scenes, as token ids: random weights pick ids
+  past the demo tokenizer's vocabulary, which decode to empty text, so text would agree vacuously.
+- ort: the same scenes under ONNX Runtime (fp16 graphs): how many token-id captions match torch's; then ms per step
   at 1, 8 and 32 regions (the step graph fed a random KV cache of visual + 12 prompt tokens, so no 32-region
   prefill is needed; medians of `--steps`).
 At the end the tables of every finished stage are printed, and the stages still missing are named.
-Heavy: ~5.6 GB of fp32 weights on disk, ~3 GB of graphs; not part of the tests. The export traces every graph once
-in fp16, and torch's CPU fp16 matmul runs at ~0.1 GFLOPS on a CPU without native fp16 (fp32: ~10 on the same core),
-so on such a CPU the export stage alone is hours of CPU time (~0.7 TFLOP traced); run it where fp16 is native.
+Heavy: ~5.6 GB of fp32 weights on disk, ~3 GB of graphs, ~14 GiB peak RSS; not part of the tests. Results:
+README, "Real-size models".
 """
 from __future__ import annotations
 
@@ -77,10 +77,16 @@ def stage_export(work: Path, args) -> dict:
             "graph_seconds": {n: g["export_seconds"] for n, g in manifest["graphs"].items()}}
 
 
+def as_token_ids(captioner):
+    """The captioner's captions become the generated token ids, space-separated (see the torch stage)."""
+    captioner.tokenizer.decode = lambda ids, skip_special_tokens=True: " ".join(str(int(i)) for i in ids)
+    return captioner
+
+
 def stage_torch(work: Path, args) -> dict:
     from finecaption_ros.captioner import Captioner
 
-    captioner = Captioner.from_pretrained(work / "model")
+    captioner = as_token_ids(Captioner.from_pretrained(work / "model"))
     captions, started = [], time.monotonic()
     for scene in scenes(args.scenes):
         captions.append([r.caption for r in captioner.caption(scene.image, scene.labels, task="dense",
@@ -96,8 +102,8 @@ def stage_ort(work: Path, args) -> dict:
     from finecaption_ros.engines import graphs as G
 
     reference = json.loads((work / "results" / "torch.json").read_text())["captions"]
-    captioner = Captioner.from_pretrained(work / "model", backend="onnxruntime", engine_dir=work / "onnx_fp16",
-                                          num_threads=args.threads)
+    captioner = as_token_ids(Captioner.from_pretrained(work / "model", backend="onnxruntime",
+                                                       engine_dir=work / "onnx_fp16", num_threads=args.threads))
     say("ONNX Runtime captioner loaded")
     captions, started = [], time.monotonic()
     for scene in scenes(len(reference)):
@@ -169,7 +175,8 @@ def report(work: Path) -> None:
             print(f"| {name} | {results['export']['graph_seconds'][name]} | {error:.1e} |")
     if "ort" in results:
         ort = results["ort"]
-        print(f"\ncaptions identical, ONNX Runtime fp16 vs torch fp32: {ort['same']}/{ort['total']} regions")
+        print(f"\ncaptions (token ids) identical, ONNX Runtime fp16 vs torch fp32: {ort['same']}/{ort['total']} "
+              "regions")
         print(f"\n| regions | ORT ms per decode step ({ort['threads']} threads) |\n|---|---|")
         for regions, ms in ort["step_ms"].items():
             print(f"| {regions} | {ms} |")
