@@ -2,27 +2,36 @@
 step, and how many regions keep the same greedy captions.
 
     python bench/quantized_decoders.py [--model DIR] [--precision fp32|fp16] [--scenes 20] [--steps 16]
+                                       [--max-new-tokens N]
 
 The three exports of the same model and precision, the decode steps timed in turn in one process (8 regions,
-2 threads, medians); captions over fresh eval scenes, dense task plus two attributes every fourth scene.
+2 threads, medians); captions over fresh eval scenes, dense task plus two attributes every fourth scene, compared
+as generated token ids (a model with random weights, e.g. the 1B config's, emits ids that the demo tokenizer
+decodes to empty text). Each export runs in a process of its own (`finecaption export-onnx`), so that a big
+model's export peak (~18 GiB for the 1B config in fp32) is not added to the captioners already loaded; they go to
+a temporary folder, removed at the end.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 import numpy as np  # noqa: E402
 
 from finecaption_ros.captioner import Captioner  # noqa: E402
 from finecaption_ros.data.scenes import SceneGenerator  # noqa: E402
-from finecaption_ros.engines.export import export_onnx  # noqa: E402
+from finecaption_ros.engines.manifest import MANIFEST_NAME  # noqa: E402
 from finecaption_ros.model.finecaption import DEFAULT_MODEL_DIR  # noqa: E402
+from engines_1b import as_token_ids  # noqa: E402
 
 
 def main() -> int:
@@ -34,22 +43,34 @@ def main() -> int:
     parser.add_argument("--regions", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--weights", default="float,int8,int4", help="comma-separated, float first")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="caption length (default: the model's)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="quantized_"))
+    try:
+        return run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, work: Path) -> int:
     manifests, captioners = {}, {}
     kinds = args.weights.split(",")
     for weights in kinds:
-        manifests[weights] = export_onnx(args.model, work / weights, progress=lambda m: None,
-                                         precision=args.precision, weights=weights)
-        captioners[weights] = Captioner.from_pretrained(args.model, backend="onnxruntime",
-                                                        engine_dir=work / weights, num_threads=args.threads)
+        subprocess.run([sys.executable, "-m", "finecaption_ros.cli", "export-onnx", "--model", str(args.model),
+                        "--out", str(work / weights), "--precision", args.precision, "--weights", weights],
+                       check=True, stdout=subprocess.DEVNULL)
+        manifests[weights] = json.loads((work / weights / MANIFEST_NAME).read_text())
+    for weights in kinds:
+        captioners[weights] = as_token_ids(Captioner.from_pretrained(args.model, backend="onnxruntime",
+                                                                     engine_dir=work / weights,
+                                                                     num_threads=args.threads))
     generator = SceneGenerator(split="eval", seed=777)
     same, scenes_same, total = dict.fromkeys(kinds, 0), dict.fromkeys(kinds, 0), 0
     for index in range(args.scenes):
         scene = generator.sample()
         task, attributes = ("attribute", ["color", "relative_location"]) if index % 4 == 3 else ("dense", None)
-        got = {w: [r.caption for r in c.caption(scene.image, scene.labels, task=task, attributes=attributes)]
-               for w, c in captioners.items()}
+        got = {w: [r.caption for r in c.caption(scene.image, scene.labels, task=task, attributes=attributes,
+                                                max_new_tokens=args.max_new_tokens)] for w, c in captioners.items()}
         total += len(got["float"])
         for weights in kinds:
             same[weights] += sum(a == b for a, b in zip(got["float"], got[weights]))
@@ -77,7 +98,7 @@ def main() -> int:
     print(f"{manifest['model']['name']} ({args.model}), {args.precision} graphs, ONNX Runtime CPU, "
           f"{args.threads} threads\n")
     print(f"| decoder weights | decoder graphs MiB (prefill + step) | ms per decode step, {args.regions} regions | "
-          f"max rel. error vs torch fp32 (prefill, step) | captions same as float |")
+          f"max rel. error vs torch fp32 (prefill, step) | captions (token ids) same as float |")
     print("|---|---|---|---|---|")
     for weights, m in manifests.items():
         sizes = [m["graphs"][g]["bytes"] / 2**20 for g in ("decoder_prefill", "decoder_step")]
