@@ -1,11 +1,12 @@
 """The FineCaption-8B-shaped config's graphs, produced by the project's exporter without 32 GB of weights, and the
 TensorRT op check run on every one of them.
 
-    python bench/engines_8b_structure.py [--out DIR] [--keep]
+    python bench/engines_8b_structure.py [--out DIR] [--keep] [--precision fp32|fp16] [--weights float|int8|int4]
 
 How the weights are kept small, and why this way: the TorchScript exporter traces by running each graph once, so it
 needs real tensors (the meta device fails inside the exporter: `.item()` on shapes, constants it must copy), and
-this CPU computes fp16 matmuls at ~0.1 GFLOPS (fp32: ~10), so the export is traced in fp32 on small inputs:
+the export is traced on small inputs (in fp32 by default; `--precision fp16` traces the fp16 graphs TensorRT builds
+fp16 plans from, `--weights int4` the weight-only int4 decoders):
 - decoder: the 8B Llama shape (4096 wide, 32 heads, 8 KV heads, 14336 MLP, 128256-token vocabulary, untied head) at
   its full depth of 32 layers, all 32 the *same* module: the graphs hold 32 layers of nodes and 64 KV-cache inputs
   and outputs, while the weights written are one layer's plus the embedding and the head (~5 GB fp32, which still
@@ -35,7 +36,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from finecaption_ros.engines import graphs as G  # noqa: E402
-from finecaption_ros.engines.export import example_inputs, export_graph, graph_specs  # noqa: E402
+from finecaption_ros.engines.export import to_half, example_inputs, export_graph, graph_specs  # noqa: E402
 from finecaption_ros.engines.memory import num_visual_tokens  # noqa: E402
 from finecaption_ros.engines.trt_ops import graph_ops, graph_problems  # noqa: E402
 from finecaption_ros.model.config import FineCaptionConfig  # noqa: E402
@@ -111,6 +112,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="where the graphs go (default: a temporary dir)")
     parser.add_argument("--keep", action="store_true", help="keep the graphs (default: deleted at the end)")
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    parser.add_argument("--weights", choices=("float", "int8", "int4"), default="float",
+                        help="the decoder graphs' weights (weight-only int8 per column / int4 per block)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = args.out or Path(tempfile.mkdtemp(prefix="finecaption_8b_structure_"))
@@ -121,14 +125,17 @@ def main() -> int:
     model, full, shape = build_model()
     visual_tokens = num_visual_tokens(full)
     say(f"8B-shaped model built: {shape}")
-    args_by_graph = trace_args(model)
+    args_by_graph = trace_args(model)  # traced in fp32: export_graph casts the float inputs for an fp16 export
+    if args.precision == "fp16":
+        to_half(model)
     say("trace inputs ready")
     specs = graph_specs(model)
     input_names, output_names, axes = specs[G.DECODER_PREFILL]
     specs[G.DECODER_PREFILL] = (input_names, output_names, dict(axes, visual={0: "batch", 1: "visual_tokens"}))
     rows, stored = [], {}
     for name, spec in specs.items():
-        entry = export_graph(model, name, spec, args_by_graph[name], None, out, 17, "fp32", "float", None, stored)
+        entry = export_graph(model, name, spec, args_by_graph[name], None, out, 17, args.precision, args.weights,
+                             None, stored)
         path = out / entry["file"]
         if name == G.DECODER_PREFILL:
             pin_visual_tokens(path, visual_tokens)
@@ -139,7 +146,9 @@ def main() -> int:
                      len(header.graph.output), sum(f.stat().st_size for f in files), entry.get("data", []),
                      graph_problems(path), entry["export_seconds"]))
         say(f"{name}: {rows[-1][1]} nodes, op check {'passed' if not rows[-1][7] else rows[-1][7][:3]}")
-    print(f"\n{CONFIG.name} (+2 neighbour tokens, count token): {visual_tokens} visual tokens, fp32 graphs, opset 17")
+    opsets = "21 (int4 decoders) and 17" if args.weights == "int4" else "17"
+    print(f"\n{CONFIG.name} (+2 neighbour tokens, count token): {visual_tokens} visual tokens, {args.precision} "
+          f"graphs, {args.weights} decoder weights, opset {opsets}")
     print("every graph passed onnx.checker; the decoder graphs share one data file, counted in both rows")
     print("| graph | nodes | inputs | outputs | MiB on disk (data files) | export s | TensorRT op check |")
     print("|---|---|---|---|---|---|---|")
@@ -156,10 +165,9 @@ exercised: the project's exporter (graph_specs, the graph modules, export_graph)
   outputs); external data for graphs over 2 GiB (decoder data file shared by prefill and step); onnx.checker and
   the TensorRT op check on all five graphs.
 not exercised: the weights of 31 of the 32 decoder layers, 23 of 24 ViT layers and {sum(full.hr_encoder['depths']) - 4}
-  of {sum(full.hr_encoder['depths'])} ConvNeXt blocks (the same modules repeated); fp16 and int8/int4 graphs of this
-  config (fp16 tracing here runs at ~0.1 GFLOPS; those graphs add Casts / DequantizeLinear, checked on the tiny
-  model); the prefill traced at {TRACE_VISUAL_TOKENS} visual tokens with that axis symbolic, then pinned to
-  {visual_tokens}; running the graphs (ONNX Runtime or TensorRT) and parity; a TensorRT build (no GPU here).""")
+  of {sum(full.hr_encoder['depths'])} ConvNeXt blocks (the same modules repeated); precisions and weights other than
+  {args.precision} / {args.weights} (--precision, --weights); the prefill traced at {TRACE_VISUAL_TOKENS} visual tokens
+  with that axis symbolic, then pinned to {visual_tokens}; running the graphs (ONNX Runtime or TensorRT) and parity; a TensorRT build (no GPU here).""")
     if not args.keep:
         shutil.rmtree(out)
         print(f"\n{out} deleted (--keep keeps it)")

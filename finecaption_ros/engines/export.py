@@ -262,7 +262,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT
     refs = _torch_reference(model, inputs)
     specs = graph_specs(model)
     if precision == "fp16":
-        _to_half(model)
+        to_half(model)
     graphs, stored = {}, {}
     for stale in out_dir.glob("*.onnx.data"):  # offsets into an old data file would be wrong
         stale.unlink()
@@ -350,7 +350,7 @@ def export_graph(model: FineCaptionModel, name: str, spec: tuple, args: tuple, o
     return entry
 
 
-def _to_half(model: FineCaptionModel) -> None:
+def to_half(model: FineCaptionModel) -> None:
     """fp16 weights, but the rotary inverse frequencies: positions times fp16 frequencies would be off by whole
     radians at a few hundred tokens (the rotary module computes its angles in fp32 from this buffer)."""
     rotary = model.decoder.model.rotary_emb
