@@ -77,6 +77,9 @@ def run_node_case(client: Client, image, labels, rate: float, seconds: float) ->
     counts = {k: int(values[k]) - int(start[k]) for k in COUNTS}
     return {"fps": len(in_window) / (t_end - t0), "published": published, **counts,
             "inference_ms": statistics.median(m.inference_time * 1e3 for _, m in arrivals) if arrivals else 0.0,
+            "inference_mean_ms": statistics.fmean(m.inference_time * 1e3 for _, m in arrivals) if arrivals else 0.0,
+            # the share of the window the worker spent inside the captioner (1.0: never idle, never elsewhere)
+            "busy": sum(m.inference_time for _, m in in_window) / (t_end - t0),
             "p50": percentile(latency, 0.5), "p95": percentile(latency, 0.95)}
 
 
@@ -139,7 +142,8 @@ def main() -> int:
     print("\nnode/in = captioned frames/s in the node / in process (target >= 0.9x); inference node/in = median "
           "inference ms in the node / in process (target <= 1.15x); in process = the mean of runs just before and just "
           "after the node case; drift = after / before in-process ms (how much the machine's speed moved meanwhile); "
-          "latency = publish -> caption received")
+          "latency = publish -> caption received; mean ms = the node's mean inference ms (tails included); busy = "
+          "the share of the window its worker spent in the captioner")
     return 0
 
 
@@ -147,12 +151,13 @@ def print_row(threads, size, count, rate, base, r, header=False) -> None:
     if header:
         print(f"{'thr':>3} {'frame':>8} {'reg':>3} {'Hz':>3} | {'in fps':>6} {'node':>6} {'ratio':>5} | "
               f"{'in ms':>6} {'node ms':>7} {'ratio':>5} | {'p50 ms':>6} {'p95 ms':>6} | {'pub':>4} {'recv':>4} "
-              f"{'lost':>4} {'pair':>4} {'capt':>4} {'drop':>4} | {'drift':>5}")
+              f"{'lost':>4} {'pair':>4} {'capt':>4} {'drop':>4} | {'drift':>5} | {'mean ms':>7} {'busy':>4}")
     print(f"{threads:>3} {size[0]:>4}x{size[1]:<3} {count:>3} {rate:>3.0f} | {base['fps']:>6.1f} {r['fps']:>6.1f} "
           f"{r['fps'] / base['fps']:>4.2f}x | {base['ms']:>6.1f} {r['inference_ms']:>7.1f} "
           f"{r['inference_ms'] / base['ms']:>4.2f}x | {r['p50']:>6.0f} {r['p95']:>6.0f} | {r['published']:>4} "
           f"{r['images_received']:>4} {r['lost_images']:>4} {r['frames_paired']:>4} {r['frames_captioned']:>4} "
-          f"{r['frames_dropped']:>4} | {base['drift']:>4.2f}x", flush=True)
+          f"{r['frames_dropped']:>4} | {base['drift']:>4.2f}x | {r['inference_mean_ms']:>7.1f} {r['busy']:>4.2f}",
+          flush=True)
 
 
 if __name__ == "__main__":
