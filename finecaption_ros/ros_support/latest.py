@@ -81,8 +81,7 @@ class LatestSlot:
                 self._last = REQUEST
                 return REQUEST, self._requests.popleft()
             self._last = FRAME
-            frames, self._items = list(self._items.values()), {}
-            return FRAME, frames
+            return FRAME, self.clear()
 
     def claim(self, frame: PairedFrame) -> bool:
         """May a worker publish this frame's captions? Only if no frame of its camera that arrived later was

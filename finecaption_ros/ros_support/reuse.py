@@ -112,12 +112,9 @@ class CaptionReuse:
     def prune(self, now_s: float, keep: int | None = None) -> None:
         """Forget references not seen for longer than max_age (or the least recently seen beyond `keep`)."""
         with self._lock:
-            self._prune(now_s, keep)
-
-    def _prune(self, now_s: float, keep: int | None) -> None:
-        if self.max_age_s > 0:
-            for key in [k for k, r in self._refs.items() if now_s - r.seen_s > self.max_age_s]:
-                del self._refs[key]
-        if keep is not None and len(self._refs) > keep:
-            for key in sorted(self._refs, key=lambda k: self._refs[k].seen_s)[:len(self._refs) - keep]:
-                del self._refs[key]
+            if self.max_age_s > 0:
+                for key in [k for k, r in self._refs.items() if now_s - r.seen_s > self.max_age_s]:
+                    del self._refs[key]
+            if keep is not None and len(self._refs) > keep:
+                for key in sorted(self._refs, key=lambda k: self._refs[k].seen_s)[:len(self._refs) - keep]:
+                    del self._refs[key]
