@@ -10,7 +10,8 @@ then the plain process again: each node case is compared with the mean of the pl
 Printed: captioned frames/s in the node and its ratio to in process (target >= 0.9x), the node's median inference
 ms and its ratio to in process (target <= 1.15x), end-to-end latency p50/p95 (publish -> caption received), and the
 node's counts: images published / received / lost in DDS, frames paired / captioned / dropped (latest-frame policy).
-Caption reuse is off: every frame goes through the model. `--threads 1,2` runs the node once per thread count.
+Caption reuse is off: every frame goes through the model. `--threads 1,2` runs the node once per thread count,
+`--inference-process true,false` once per mode (the captioner in a child process, or in the node's own).
 """
 from __future__ import annotations
 
@@ -90,6 +91,8 @@ def main() -> int:
     parser.add_argument("--regions", default="1,8", help="regions per frame, comma-separated")
     parser.add_argument("--sizes", default="256x256,640x480", help="frame sizes WxH, comma-separated")
     parser.add_argument("--threads", default="0", help="the node's num_threads values (0 = its default)")
+    parser.add_argument("--inference-process", default="true",
+                        help="the node's inference_process values, comma-separated (true,false: both, in turn)")
     parser.add_argument("--qos", default="sensor_data", help="the node's qos parameter")
     parser.add_argument("--rounds", type=int, default=30, help="in-process captions per frame")
     parser.add_argument("--model", default="", help="model folder (default: the embedded default model)")
@@ -101,15 +104,16 @@ def main() -> int:
     rclpy.init()
     rows = []
     try:
-        for threads in (int(t) for t in args.threads.split(",")):
-            name = f"bench_rate_node_{threads}"
+        for threads, in_child in ((int(t), m == "true") for t in args.threads.split(",")
+                                  for m in args.inference_process.split(",")):
+            name = f"bench_rate_node_{threads}_{'child' if in_child else 'own'}"
             params = {"qos": args.qos, "caption_reuse": False, "diagnostics_period": 0.5, "num_threads": threads,
-                      "max_image_pixels": 1 << 24}
+                      "max_image_pixels": 1 << 24, "inference_process": in_child}
             if args.model:
                 params["model_path"] = args.model
-            log = Path(os.environ.get("TMPDIR", "/tmp")) / f"finecaption_bench_rate_{os.getpid()}_{threads}.log"
+            log = Path(os.environ.get("TMPDIR", "/tmp")) / f"finecaption_{name}_{os.getpid()}.log"
             proc = NodeProcess(node_command(params, name=name), log)
-            client = Client(name, name=f"bench_rate_client_{threads}", reliable=False)
+            client = Client(name, name=f"{name}_client", reliable=False)
             try:
                 client.wait_for_node(proc)
                 node_threads = int(client.latest_diagnostics()["inference_threads"])
@@ -129,7 +133,7 @@ def main() -> int:
                             after = in_process()
                             base = {k: (before[k] + after[k]) / 2 for k in ("fps", "ms")}
                             base["drift"] = after["ms"] / before["ms"]
-                            rows.append((node_threads, size, count, rate, base, r))
+                            rows.append(("child" if in_child else "own", node_threads, size, count, rate, base, r))
                             print_row(*rows[-1], header=len(rows) == 1)
                             before = after
             finally:
@@ -143,16 +147,17 @@ def main() -> int:
           "inference ms in the node / in process (target <= 1.15x); in process = the mean of runs just before and just "
           "after the node case; drift = after / before in-process ms (how much the machine's speed moved meanwhile); "
           "latency = publish -> caption received; mean ms = the node's mean inference ms (tails included); busy = "
-          "the share of the window its worker spent in the captioner")
+          "the share of the window its worker spent in the captioner; proc = where the node captions (child: "
+          "inference_process true, own: false)")
     return 0
 
 
-def print_row(threads, size, count, rate, base, r, header=False) -> None:
+def print_row(where, threads, size, count, rate, base, r, header=False) -> None:
     if header:
-        print(f"{'thr':>3} {'frame':>8} {'reg':>3} {'Hz':>3} | {'in fps':>6} {'node':>6} {'ratio':>5} | "
+        print(f"{'proc':>5} {'thr':>3} {'frame':>8} {'reg':>3} {'Hz':>3} | {'in fps':>6} {'node':>6} {'ratio':>5} | "
               f"{'in ms':>6} {'node ms':>7} {'ratio':>5} | {'p50 ms':>6} {'p95 ms':>6} | {'pub':>4} {'recv':>4} "
               f"{'lost':>4} {'pair':>4} {'capt':>4} {'drop':>4} | {'drift':>5} | {'mean ms':>7} {'busy':>4}")
-    print(f"{threads:>3} {size[0]:>4}x{size[1]:<3} {count:>3} {rate:>3.0f} | {base['fps']:>6.1f} {r['fps']:>6.1f} "
+    print(f"{where:>5} {threads:>3} {size[0]:>4}x{size[1]:<3} {count:>3} {rate:>3.0f} | {base['fps']:>6.1f} {r['fps']:>6.1f} "
           f"{r['fps'] / base['fps']:>4.2f}x | {base['ms']:>6.1f} {r['inference_ms']:>7.1f} "
           f"{r['inference_ms'] / base['ms']:>4.2f}x | {r['p50']:>6.0f} {r['p95']:>6.0f} | {r['published']:>4} "
           f"{r['images_received']:>4} {r['lost_images']:>4} {r['frames_paired']:>4} {r['frames_captioned']:>4} "

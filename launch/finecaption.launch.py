@@ -77,6 +77,8 @@ def generate_launch_description():
                               description="a managed (lifecycle) node that waits for configure and activate"),
         DeclareLaunchArgument("inference_workers", default_value="0",
                               description="batches captioned at once; 0 = one per camera up to the cores"),
+        DeclareLaunchArgument("inference_process", default_value="true", choices=["true", "false"],
+                              description="caption in a child process (true), or in the node's own process"),
     ]
     environment = SetEnvironmentVariable(PROFILE_VARIABLE, os.environ.get(PROFILE_VARIABLE) or
                                          str(LARGE_FRAMES_PROFILE))
@@ -108,6 +110,7 @@ def generate_launch_description():
             "latency_budget": ParameterValue(LaunchConfiguration("latency_budget"), value_type=float),
             "lifecycle": ParameterValue(LaunchConfiguration("lifecycle"), value_type=bool),
             "inference_workers": ParameterValue(LaunchConfiguration("inference_workers"), value_type=int),
+            "inference_process": ParameterValue(LaunchConfiguration("inference_process"), value_type=bool),
         }],
         remappings=[
             ("image", LaunchConfiguration("image")),

@@ -48,6 +48,9 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
               choices=("rebuild", "refuse")),
     ParamSpec("num_threads", 0, "CPU threads per inference worker; 0 = the cores less one (for DDS and the camera), "
               "shared by the workers", read_only=True, minimum=0, maximum=256),
+    ParamSpec("inference_process", True, "caption in a child process of the node, fed frames through shared "
+              "memory: its own interpreter lock, so receiving images cannot slow inference; false = in the node's "
+              "own process", read_only=True),
     ParamSpec("inference_workers", 0, "threads that caption in parallel, each a batch of other cameras' frames; "
               "0 = one per camera up to the core count (1 for the tensorrt backend)", read_only=True, minimum=0,
               maximum=64),

@@ -45,6 +45,30 @@ def node_command(params: dict | None = None, remaps: dict | None = None, name: s
     return cmd
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every living descendant of it."""
+    pids, k = [pid], 0
+    while k < len(pids):
+        for children in Path(f"/proc/{pids[k]}/task").glob("*/children"):  # each thread's own children
+            try:
+                pids += [int(c) for c in children.read_text().split()]
+            except OSError:
+                pass
+        k += 1
+    return pids
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 class NodeProcess:
     """The node under test in a subprocess; its output goes to a log file the tests read."""
 
@@ -70,12 +94,9 @@ class NodeProcess:
         return self.proc.poll() is None
 
     def rss_mb(self) -> float:
-        """Resident memory of the node process (the re-exec'd interpreter keeps the pid)."""
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        return 0.0
+        """Resident memory of the node process and its children (the captioner's process; the re-exec'd
+        interpreter keeps the pid)."""
+        return sum(_rss_mb(pid) for pid in process_tree(self.pid))
 
     def wait(self, timeout: float) -> int:
         return self.proc.wait(timeout)
