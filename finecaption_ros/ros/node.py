@@ -9,7 +9,8 @@ Service: `~/caption_regions` (finecaption_ros/CaptionRegions).
 
 Threads: one SingleThreadedExecutor thread receives images, masks, parameter calls and timers; `inference_workers`
 worker threads (one with one camera) run every caption, stream frames and service requests alike (service.py: the
-service waits on its own thread). A MultiThreadedExecutor's Python threads would hold the GIL in turns with the
+service waits on its own thread); with `inference_process` (the default) each hands its batch to the model's child
+process (ros_support/captioner_process.py) and waits without the GIL. A MultiThreadedExecutor's Python threads would hold the GIL in turns with the
 inference thread, whose hundreds of small torch ops each need it back. At most one paired frame waits per camera (a
 newer one replaces it: dropped); a worker captions the waiting frame of every camera in one batch, dropping (and
 counting) any that waited longer than `latency_budget`, and the next worker the frames that arrive meanwhile. A
@@ -37,7 +38,6 @@ from sensor_msgs.msg import Image
 from finecaption_ros.msg import RegionCaptionArray
 
 from ..ros_support.annotate import annotate
-from ..ros_support.captioner_process import CaptionerProcess
 from ..ros_support.dds import use_large_frame_transport
 from ..ros_support.errors import FrameError
 from ..ros_support.image_codec import check_image, check_mask, encode
@@ -115,14 +115,10 @@ class FineCaptionNode(LifecycleNode):
     def _configure(self) -> None:
         p = self.param_values()
         self.n_workers = inference_workers(p["inference_workers"], len(self.cameras), p["backend"])
-        load = (p["model_path"], p["backend"], p["engine_dir"], inference_threads(p["num_threads"], self.n_workers))
-        engine_options = {"precision": p["engine_precision"], "on_mismatch": p["engine_on_mismatch"]}
-        if self._given_captioner is not None:
-            self.captioner = self._given_captioner
-        elif p["inference_process"]:
-            self.captioner = CaptionerProcess(*load, workers=self.n_workers, **engine_options)
-        else:
-            self.captioner = load_captioner(*load, **engine_options)
+        self.captioner = self._given_captioner or load_captioner(
+            p["model_path"], p["backend"], p["engine_dir"], inference_threads(p["num_threads"], self.n_workers),
+            child_process=p["inference_process"], workers=self.n_workers, precision=p["engine_precision"],
+            on_mismatch=p["engine_on_mismatch"])
         self.model_id = str(getattr(self.captioner, "model_id", "unknown"))
         self.backend = str(getattr(self.captioner, "backend", p["backend"]))
         self._known_attributes = tuple(getattr(self.captioner, "supported_attributes", ATTRIBUTES))
@@ -362,7 +358,8 @@ class FineCaptionNode(LifecycleNode):
                   "frame_waiting": self.slot.waiting,
                   "pending_images": sum(q.pending(IMAGE) for q in self.pairers.values()),
                   "pending_masks": sum(q.pending(MASK) for q in self.pairers.values()),
-                  "reuse_entries": len(self.pipeline.reuse), "rss_mb": f"{rss_mb() + self._captioner_rss():.1f}"}
+                  "reuse_entries": len(self.pipeline.reuse),
+                  "rss_mb": f"{rss_mb() + getattr(self.captioner, 'rss_mb', float)():.1f}"}  # with its child's
         warn, message = NodeStats.summary(snap, self._active)
         status = DiagnosticStatus(name=f"{self.get_fully_qualified_name().lstrip('/')}: region captioning",
                                   hardware_id=self.model_id, message=message,
@@ -371,9 +368,6 @@ class FineCaptionNode(LifecycleNode):
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._publish(self.diagnostics_pub, array)
-
-    def _captioner_rss(self) -> float:
-        return self.captioner.rss_mb() if isinstance(self.captioner, CaptionerProcess) else 0.0
 
     def stop(self) -> None:
         """Stop the worker and the service thread (before the ROS context goes down: they publish and answer)."""

@@ -13,6 +13,7 @@ file on its sockets). A child that dies is restarted at the next call; the call 
 """
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 import queue
@@ -21,7 +22,6 @@ import socket
 import subprocess
 import sys
 import threading
-from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 
@@ -222,15 +222,16 @@ def _serve() -> None:
         conns[0].send(("error", str(err)))
         return
     conns[0].send(("ready", (captioner.model_id, captioner.backend, tuple(captioner.supported_attributes))))
-    threads = [threading.Thread(target=_answer, args=(captioner, conn), daemon=True) for conn in conns]
+    threads = [threading.Thread(target=_answer, args=(captioner, conn), daemon=True) for conn in conns[1:]]
     for thread in threads:
         thread.start()
+    _answer(captioner, conns[0])  # the first channel on the main thread (the only one with one worker)
     for thread in threads:
         thread.join()
 
 
 def _answer(captioner, conn: Connection) -> None:
-    segments: dict[str, SharedMemory] = {}
+    segments: dict[str, mmap.mmap] = {}
     while True:
         try:
             _, name, layout, task, attributes, max_new_tokens = conn.recv()
@@ -239,7 +240,7 @@ def _answer(captioner, conn: Connection) -> None:
         if name not in segments:
             _close_all(segments)
             segments = {name: _attach(name)}
-        buf = segments[name].buf
+        buf = segments[name]
         frames = [(_read(buf, image), _read(buf, masks), region_ids) for image, masks, region_ids in layout]
         try:
             reply = ("ok", captioner.caption_frames(frames, task=task, attributes=attributes,
@@ -266,9 +267,11 @@ def _close_all(segments: dict) -> None:
             pass
 
 
-def _attach(name: str) -> SharedMemory:
-    shm = SharedMemory(name=name)
-    # Python < 3.13 registers an attached segment with this process's resource tracker, which would unlink it (and
-    # warn) when the child exits; the parent owns it.
-    resource_tracker.unregister(shm._name, "shared_memory")
-    return shm
+def _attach(name: str) -> mmap.mmap:
+    # The parent's segment, mapped as the file POSIX shared memory is on Linux: SharedMemory(name=...) would start a
+    # resource tracker in this process too (Python < 3.13), which unlinks the parent's segment when the child exits.
+    fd = os.open(f"/dev/shm/{name.lstrip('/')}", os.O_RDWR)
+    try:
+        return mmap.mmap(fd, 0)
+    finally:
+        os.close(fd)

@@ -29,8 +29,14 @@ def inference_workers(requested: int, cameras: int, backend: str) -> int:
     return requested or max(1, min(cameras, len(os.sched_getaffinity(0))))
 
 
-def load_captioner(model_path: str, backend: str, engine_dir: str, num_threads: int = 0, **engine_options):
-    """Captioner.from_pretrained with start-up errors turned into one clear line."""
+def load_captioner(model_path: str, backend: str, engine_dir: str, num_threads: int = 0, child_process: bool = False,
+                   workers: int = 1, **engine_options):
+    """Captioner.from_pretrained with start-up errors turned into one clear line; with `child_process`, the same
+    captioner in a child process (captioner_process.py) that `workers` threads may call at once."""
+    if child_process:
+        from .captioner_process import CaptionerProcess
+
+        return CaptionerProcess(model_path, backend, engine_dir, num_threads, workers, **engine_options)
     try:
         from ..captioner import Captioner
     except ImportError as err:

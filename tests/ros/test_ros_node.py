@@ -3,7 +3,10 @@ DDS on loopback: captions, the service, parameters, every bad input from the spe
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -369,10 +372,9 @@ def test_flood_30hz_for_20s_keeps_up_with_the_captioner_memory_flat_and_the_newe
     assert paired >= 0.98 * published
     assert dropped > 0 and captioned + dropped == paired  # every paired frame is captioned or counted dropped
     node_rate = captioned / elapsed
-    # Issue 10 asks for 0.8x; on an idle 2-core machine the node measured 0.72-0.78x here (the publisher, DDS and
-    # the executor share the cores with the one inference thread), so this bound only catches a starved worker
-    # (a MultiThreadedExecutor gave ~0.1x). The target stays open in bench/node_rate.py.
-    assert node_rate >= 0.65 * baseline, f"node {node_rate:.1f} frames/s, in process {baseline:.1f} frames/s"
+    # With the model in its own process the node measured 0.96x and 0.97x here (0.72-0.78x when it captioned in
+    # the node's process, beside the executor's callbacks; a MultiThreadedExecutor gave ~0.1x).
+    assert node_rate >= 0.8 * baseline, f"node {node_rate:.1f} frames/s, in process {baseline:.1f} frames/s"
     assert rss_end - rss_start < 60, f"memory grew from {rss_start:.0f} MB to {rss_end:.0f} MB"
     assert max(param_latency) < 2.0, param_latency
     client.set_parameters({"publish_annotated": True, "caption_reuse": True})
@@ -383,6 +385,34 @@ def test_flood_30hz_for_20s_keeps_up_with_the_captioner_memory_flat_and_the_newe
 
 
 # ------------------------------------------------------------------------------------------------- robustness
+def test_a_killed_captioner_process_costs_one_frame_and_the_node_goes_on(node, scenes):
+    """The model's child process killed (as the kernel kills for memory): that frame is refused and counted, the
+    node starts a new child and captions the next frames."""
+    from rosharness import process_tree
+
+    proc, client = node
+    expect_good_frame(client, scenes[0])
+    children = [pid for pid in process_tree(proc.pid)[1:]
+                if b"captioner_process" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(children) == 1, children
+    offset, before = len(proc.log()), client.latest_diagnostics()
+    os.kill(children[0], signal.SIGKILL)
+    for attempt in range(6):  # the frame that finds the child gone fails; a later one waits for the new child
+        stamp = next_stamp()
+        client.publish(scenes[1].image, scenes[1].labels, stamp)
+        try:
+            client.captions_for(stamp, 30)
+            break
+        except AssertionError:
+            assert attempt < 5, "no frame was captioned after the captioner process was killed"
+    assert proc.alive()
+    log = log_lines_since(proc, offset)
+    assert "the captioner process stopped (killed by signal 9)" in log, log[-2000:]
+    values = client.latest_diagnostics()
+    assert int(values["rejected_captioner_error"]) > int(before["rejected_captioner_error"])
+    expect_good_frame(client, scenes[2])
+
+
 def test_a_warning_then_an_error_on_the_same_path_leaves_the_node_running(node, scenes):
     """rclpy refuses a second severity from one logging call site; the node used to die of it."""
     proc, client = node
