@@ -36,7 +36,7 @@ use_large_frame_transport()  # this process publishes the frames, as a camera dr
 
 import rclpy  # noqa: E402
 from node_frames import frame_with_regions  # noqa: E402
-from rosharness import Client, NodeProcess, node_command  # noqa: E402
+from rosharness import Client, NodeProcess, node_command, process_tree  # noqa: E402
 
 from finecaption_ros.ros_support.startup import inference_workers  # noqa: E402
 
@@ -47,11 +47,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def cpu_seconds(procs: list[NodeProcess]) -> float:
-    """User + system CPU time of the node processes so far (/proc/PID/stat fields 14 and 15)."""
+    """User + system CPU time of the node processes and their children (the captioner's process) so far
+    (/proc/PID/stat fields 14 and 15)."""
     total = 0
-    for proc in procs:
-        with open(f"/proc/{proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+    for pid in (pid for proc in procs for pid in process_tree(proc.pid)):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
 

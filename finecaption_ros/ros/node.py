@@ -9,9 +9,10 @@ Service: `~/caption_regions` (finecaption_ros/CaptionRegions).
 
 Threads: one SingleThreadedExecutor thread receives images, masks, parameter calls and timers; `inference_workers`
 worker threads (one with one camera) run every caption, stream frames and service requests alike (service.py: the
-service waits on its own thread); with `inference_process` (the default) each hands its batch to the model's child
-process (ros_support/captioner_process.py) and waits without the GIL. A MultiThreadedExecutor's Python threads would hold the GIL in turns with the
-inference thread, whose hundreds of small torch ops each need it back. At most one paired frame waits per camera (a
+service waits on its own thread); with `inference_process` (the default) each hands its batch to the child process
+running the model (ros_support/captioner_process.py) and waits without the GIL. A MultiThreadedExecutor's
+Python threads would hold the GIL in turns with the inference thread, whose hundreds of small torch ops each need
+it back. At most one paired frame waits per camera (a
 newer one replaces it: dropped); a worker captions the waiting frame of every camera in one batch, dropping (and
 counting) any that waited longer than `latency_budget`, and the next worker the frames that arrive meanwhile. A
 lifecycle node: `lifecycle:=true` waits for a manager (configure loads the model and opens the topics, activate

@@ -17,31 +17,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def frames_per_second(seed: int = 7, n: int = 8, rounds: int = 2, model: str = "", threads: int = 0,
-                      frames: str = "scenes", size: tuple[int, int] | None = None, regions: int = 0) -> dict:
+def frames_per_second(seed: int = 7, n: int = 8, rounds: int = 2, model: str = "", threads: int = 0) -> dict:
     """Run this file in a fresh interpreter; returns {"fps": ..., "ms": ...}."""
     cmd = [sys.executable, str(Path(__file__)), "--seed", str(seed), "--n", str(n), "--rounds", str(rounds),
-           "--threads", str(threads), "--frames", frames, "--regions", str(regions)]
+           "--threads", str(threads)]
     if model:
         cmd += ["--model", model]
-    if size:
-        cmd += ["--size", f"{size[0]}x{size[1]}"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     if out.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def make_frames(frames: str, seed: int, n: int, size, regions: int):
-    if frames == "scenes":
-        from finecaption_ros.data.scenes import SceneGenerator
-
-        generator = SceneGenerator(seed=seed, split="train")
-        return [(s.image, s.labels) for s in (generator.sample() for _ in range(n))]
-    sys.path.insert(0, str(ROOT / "bench"))
-    from node_frames import frame_with_regions  # the benchmark's frames
-
-    return [frame_with_regions(regions, size=size)]
 
 
 def main() -> int:
@@ -51,16 +36,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--model", default="")
-    parser.add_argument("--frames", default="scenes", choices=("scenes", "bench"))
-    parser.add_argument("--size", default="256x256")
-    parser.add_argument("--regions", type=int, default=8)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from finecaption_ros.captioner import Captioner
+    from finecaption_ros.data.scenes import SceneGenerator
 
     captioner = Captioner.from_pretrained(args.model or None, num_threads=args.threads or None)
-    w, h = (int(v) for v in args.size.split("x"))
-    frames = make_frames(args.frames, args.seed, args.n, (w, h), args.regions)
+    generator = SceneGenerator(seed=args.seed, split="train")
+    frames = [(s.image, s.labels) for s in (generator.sample() for _ in range(args.n))]
     captioner.caption(frames[0][0], frames[0][1], task="dense")  # warm
     times = []
     for _ in range(args.rounds):
