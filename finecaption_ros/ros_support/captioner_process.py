@@ -31,6 +31,16 @@ from .startup import StartupError
 
 READY_TIMEOUT_S = 600.0  # loading a big model from a slow disk; a child that fails says so at once
 _ALIGN = 64
+_GROW = 4 << 20  # segments grow in steps of this
+
+
+def _shm_room() -> int:
+    """Bytes free in /dev/shm (where POSIX shared memory lives on Linux); unbounded when it cannot be told."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return 1 << 62
+    return st.f_bavail * st.f_frsize
 
 
 class CaptionerProcessError(RuntimeError):
@@ -59,10 +69,10 @@ class CaptionerProcess:
         try:
             if channel.conn.closed:  # taken from a child that has gone since
                 raise CaptionerProcessError("the captioner process stopped; it is restarted for the next frame")
-            layout = channel.write(frames)
+            segment, layout = channel.write(frames)
             try:
-                channel.conn.send(("caption", channel.shm.name, layout, task,
-                                   list(attributes) if attributes else None, max_new_tokens))
+                channel.conn.send(("caption", segment, layout, task, list(attributes) if attributes else None,
+                                   max_new_tokens))
                 kind, value = channel.conn.recv()
             except (EOFError, OSError) as err:
                 raise CaptionerProcessError(f"the captioner process stopped ({self._died(generation)}); "
@@ -167,9 +177,11 @@ class _Channel:
         self.conn = conn
         self.shm: SharedMemory | None = None
 
-    def write(self, frames) -> list:
-        """Copy every array of `frames` into the segment; their (offset, shape, dtype) layout, region ids as they
-        are (small)."""
+    def write(self, frames) -> tuple[str | None, list]:
+        """Copy every array of `frames` into the segment: (its name, each array's (offset, shape, dtype) and the
+        region ids as they are). Frames too large for the room left in /dev/shm (64 MiB in a default Docker
+        container; writing past it would kill this process with SIGBUS) go pickled through the socket instead:
+        (None, the values)."""
         arrays, layout, size = [], [], 0
         for image, masks, region_ids in frames:
             entry = []
@@ -183,10 +195,13 @@ class _Channel:
             layout.append((*entry, region_ids))
         if self.shm is None or self.shm.size < size:
             self._release()
-            self.shm = SharedMemory(create=True, size=max(size, 1 << 20, 2 * (self.shm.size if self.shm else 0)))
+            room, grown = _shm_room(), -(-max(size, 1) // _GROW) * _GROW
+            if size > room:
+                return None, [(("value", image), ("value", masks), region_ids) for image, masks, region_ids in frames]
+            self.shm = SharedMemory(create=True, size=grown if grown <= room else size)
         for offset, value in arrays:
             np.ndarray(value.shape, value.dtype, self.shm.buf, offset)[...] = value
-        return layout
+        return self.shm.name, layout
 
     def close(self) -> None:
         self.conn.close()
@@ -237,10 +252,10 @@ def _answer(captioner, conn: Connection) -> None:
             _, name, layout, task, attributes, max_new_tokens = conn.recv()
         except (EOFError, OSError):
             break
-        if name not in segments:
+        if name is not None and name not in segments:
             _close_all(segments)
             segments = {name: _attach(name)}
-        buf = segments[name]
+        buf = segments.get(name)
         frames = [(_read(buf, image), _read(buf, masks), region_ids) for image, masks, region_ids in layout]
         try:
             reply = ("ok", captioner.caption_frames(frames, task=task, attributes=attributes,

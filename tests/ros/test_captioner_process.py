@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from finecaption_ros.data.scenes import SceneGenerator
+from finecaption_ros.ros_support import captioner_process
 from finecaption_ros.ros_support.captioner_process import CaptionerProcess, CaptionerProcessError
 from finecaption_ros.ros_support.startup import StartupError
 
@@ -30,7 +31,7 @@ def _segments() -> set[str]:
     return {p.name for p in Path("/dev/shm").glob("psm_*")} if Path("/dev/shm").is_dir() else set()
 
 
-def test_captioner_process_captions_as_in_process_and_survives_its_child(default_captioner):
+def test_captioner_process_captions_as_in_process_and_survives_its_child(default_captioner, monkeypatch):
     before = _segments()
     child = CaptionerProcess(num_threads=1, workers=2)
     try:
@@ -56,6 +57,12 @@ def test_captioner_process_captions_as_in_process_and_survives_its_child(default
         for thread in threads:
             thread.join(120)
         assert got == {0: expected, 1: expected_big}
+
+        # No room left in /dev/shm (a default Docker container has 64 MiB): the frames go through the socket.
+        with monkeypatch.context() as m:
+            m.setattr(captioner_process, "_shm_room", lambda: 0)
+            assert _texts(child.caption_frames(big * 2)) == expected_big * 2  # more than any segment holds yet
+            assert any(channel.shm is None for channel in child._channels)
 
         # The captioner's input errors stay ValueErrors (the pipeline's "captioner refused the frame").
         with pytest.raises(ValueError, match="unknown task 'bogus'"):
