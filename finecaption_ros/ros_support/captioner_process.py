@@ -35,11 +35,12 @@ _GROW = 4 << 20  # segments grow in steps of this
 
 
 def _shm_room() -> int:
-    """Bytes free in /dev/shm (where POSIX shared memory lives on Linux); unbounded when it cannot be told."""
+    """Bytes free in /dev/shm (where POSIX shared memory lives on Linux, and where the child maps it from); 0 without
+    one (every frame then goes through the socket)."""
     try:
         st = os.statvfs("/dev/shm")
     except OSError:
-        return 1 << 62
+        return 0
     return st.f_bavail * st.f_frsize
 
 
