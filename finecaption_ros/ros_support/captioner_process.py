@@ -197,9 +197,12 @@ class _Channel:
         if self.shm is None or self.shm.size < size:
             self._release()
             room, grown = _shm_room(), -(-max(size, 1) // _GROW) * _GROW
-            if size > room:
+            try:
+                if size > room:
+                    raise OSError("no room in /dev/shm")
+                self.shm = SharedMemory(create=True, size=grown if grown <= room else size)
+            except OSError:
                 return None, [(("value", image), ("value", masks), region_ids) for image, masks, region_ids in frames]
-            self.shm = SharedMemory(create=True, size=grown if grown <= room else size)
         for offset, value in arrays:
             np.ndarray(value.shape, value.dtype, self.shm.buf, offset)[...] = value
         return self.shm.name, layout
