@@ -28,6 +28,7 @@ from multiprocessing.shared_memory import SharedMemory
 import numpy as np
 
 from .startup import StartupError
+from .stats import rss_mb
 
 READY_TIMEOUT_S = 600.0  # loading a big model from a slow disk; a child that fails says so at once
 _ALIGN = 64
@@ -89,12 +90,7 @@ class CaptionerProcess:
     # ---- the child's life -----------------------------------------------------------------------------------------
     def rss_mb(self) -> float:
         """Resident memory of the child (the model's), 0 when it is not running."""
-        proc = self._proc
-        try:
-            with open(f"/proc/{proc.pid}/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-        except (AttributeError, OSError, ValueError, IndexError):
-            return 0.0
+        return rss_mb(self._proc.pid) if self._proc is not None else 0.0
 
     def close(self) -> None:
         with self._lock:

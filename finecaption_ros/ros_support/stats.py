@@ -177,9 +177,10 @@ class NodeStats:
         return values
 
 
-def rss_mb() -> float:
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident memory of process `pid` (this one by default), 0 when it cannot be read."""
     try:
-        with open("/proc/self/statm") as f:
+        with open(f"/proc/{pid}/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return 0.0
