@@ -17,7 +17,7 @@ import torch
 from .model.config import FineCaptionConfig
 from .model.finecaption import DEFAULT_MODEL_DIR, FineCaptionModel, FrameFeatures, load_tokenizer, weights_digest
 from .model.generate import DecoderSession, TorchDecoderSession, greedy_decode
-from .model.inputs import normalise_frames, region_inputs
+from .model.inputs import normalise_frames, region_inputs, writable
 from .results import RegionCaption
 from .tasks import ATTRIBUTE_TASK, DEFAULT_MAX_NEW_TOKENS, GLOBAL_TASK, MAX_NEW_TOKENS, MAX_REGIONS, TASKS, prompt_for, tidy_caption
 
@@ -146,7 +146,7 @@ class Captioner:
             if wanted != present and not config.neighbor_tokens:
                 keep = [present.index(i) for i in wanted]  # no neighbour context: the others need no encoding
                 present, region_masks = wanted, region_masks[keep]
-            pixels = torch.from_numpy(np.ascontiguousarray(image))[None]
+            pixels = torch.from_numpy(writable(image))[None]
             if config.use_hr:
                 hr.append(normalise_frames(pixels, config.hr_image_size, config.image_mean, config.image_std))
             lr.append(normalise_frames(pixels, config.lr_image_size, config.image_mean, config.image_std))

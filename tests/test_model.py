@@ -119,7 +119,38 @@ def test_area_coverage_equals_torch_area_resize_of_every_mask():
         masks[1] = False
         masks[1, -1, -1] = True  # one pixel in the corner
         masks[2] = False  # empty
-        for side in (256, 64):
-            expected = F.interpolate(torch.from_numpy(masks).unsqueeze(1).float(), size=(side, side), mode="area")
-            got = area_coverage(masks, mask_boxes(masks), side)
+        for out_h, out_w in ((256, 256), (64, 64), (192, 256), (37, 11)):
+            expected = F.interpolate(torch.from_numpy(masks).unsqueeze(1).float(), size=(out_h, out_w), mode="area")
+            got = area_coverage(masks, mask_boxes(masks), out_h, out_w)
             assert (expected[:, 0] - got).abs().max() < 1e-5
+
+
+def test_frames_and_masks_keep_their_aspect_ratio_in_the_square_views():
+    """A 640x480 frame fills a 256x192 band of the 256 view, centred on black padding; its masks and boxes land on
+    the same pixels, so a region's shape and size look as they do in a 256x256 frame."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from finecaption_ros.model.inputs import PAD_VALUE, letterbox, normalise_frames, region_inputs
+
+    assert letterbox(480, 640, 256) == (192, 256, 32, 0)
+    assert letterbox(720, 1280, 256) == (144, 256, 56, 0)
+    assert letterbox(640, 480, 128) == (128, 96, 0, 16)
+    assert letterbox(256, 256, 256) == (256, 256, 0, 0)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    view = normalise_frames(torch.from_numpy(image)[None], 256, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))[0]
+    assert view.shape == (3, 256, 256)
+    assert torch.all(view[:, :32] == PAD_VALUE / 255) and torch.all(view[:, 224:] == PAD_VALUE / 255)
+    content = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=(192, 256),
+                            mode="bilinear", antialias=True, align_corners=False)[0] / 255
+    assert (view[:, 32:224] - content).abs().max() < 1.5 / 255
+    masks = np.zeros((1, 480, 640), dtype=bool)
+    masks[0, 100:200, 320:480] = True  # 160x100 px: 64x40 in the view, at (128, 32 + 40)
+    coverage, boxes, pixel_boxes = region_inputs(masks, 256)
+    assert pixel_boxes.tolist() == [[320, 100, 480, 200]]
+    assert torch.allclose(boxes, torch.tensor([[128 / 256, 72 / 256, 192 / 256, 112 / 256]]))
+    inside = coverage[0, 0] > 0.5
+    rows, cols = torch.nonzero(inside, as_tuple=True)
+    assert (int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1) == (72, 112, 128, 192)
+    assert abs(float(coverage.sum()) - 64 * 40) < 1e-3  # an area resize keeps the area
