@@ -83,13 +83,55 @@ def _override(config: FineCaptionConfig, settings: TrainSettings) -> None:
             setattr(config, name, getattr(settings, name))
 
 
-def model_from(directory: str, settings: TrainSettings):
+def model_from(directory: str, settings: TrainSettings, records=None):
     """Fine-tuning start: a saved model's weights under its config plus the overrides; parameters the overrides add
-    (e.g. context positions) start as the model initialises them."""
+    (e.g. context positions) start as the model initialises them. A model of the synthetic world whose vocabulary
+    or attribute classes the world has since outgrown (new colours, words) moves to the world's current ones: every
+    word and class it knew keeps its learned rows, the new ones start fresh."""
     config = FineCaptionConfig.load(directory)
     _override(config, settings)
-    model = FineCaptionModel.from_pretrained(directory, config=config, allow_new_parameters=True)
-    return model, load_tokenizer(directory)
+    tokenizer = load_tokenizer(directory)
+    world = build_word_tokenizer(world_texts()) if records is None and config.aux_classes else None
+    if world is None or (world.get_vocab() == tokenizer.get_vocab() and config.aux_classes == AUX_CLASSES):
+        return FineCaptionModel.from_pretrained(directory, config=config, allow_new_parameters=True), tokenizer
+    old = FineCaptionModel.from_pretrained(directory, config=config, allow_new_parameters=True)
+    old_classes = dict(config.aux_classes)
+    config = FineCaptionConfig.load(directory)
+    _override(config, settings)
+    config.aux_classes = AUX_CLASSES
+    config.decoder = dict(config.decoder, vocab_size=len(world), pad_token_id=world.pad_token_id,
+                          bos_token_id=world.bos_token_id, eos_token_id=world.eos_token_id)
+    model = FineCaptionModel(config)
+    _transfer(old, tokenizer, old_classes, model, world)
+    return model, world
+
+
+def _transfer(old, old_tokenizer, old_classes: dict, new, new_tokenizer) -> None:
+    """Copies `old`'s weights into `new`; rows indexed by token or by attribute class are matched by name."""
+    old_vocab, new_vocab = old_tokenizer.get_vocab(), new_tokenizer.get_vocab()
+    token_rows = [(new_vocab[w], i) for w, i in old_vocab.items() if w in new_vocab]
+    state, target = old.state_dict(), new.state_dict()
+    fresh = []
+    for name, tensor in target.items():
+        source = state.get(name)
+        if source is None:
+            fresh.append(name)
+        elif source.shape == tensor.shape:
+            tensor.copy_(source)
+        elif name.startswith("aux_heads."):
+            head = name.split(".")[1]
+            old_names, new_names = old_classes.get(head, []), new.config.aux_classes[head]
+            for j, label in enumerate(new_names):
+                if label in old_names:
+                    tensor[j] = source[old_names.index(label)]
+        elif source.shape[1:] == tensor.shape[1:] and len(source) == len(old_vocab):
+            for j, i in token_rows:
+                tensor[j] = source[i]
+        else:
+            fresh.append(name)
+    new.load_state_dict(target)
+    grown = len(new_vocab) - len(token_rows)
+    print(f"moved to the current world: {grown} new words, {len(fresh)} tensors fresh")
 
 
 def learning_rate(step: int, settings: TrainSettings) -> float:
@@ -149,7 +191,7 @@ def train(settings: TrainSettings) -> Path:
         root = settings.image_root or str(Path(settings.compositioncap).parent)
         records = load_compositioncap(settings.compositioncap, root)
     if settings.init_from and not (settings.resume and (out / TRAINER_STATE).is_file()):
-        model, tokenizer = model_from(settings.init_from, settings)
+        model, tokenizer = model_from(settings.init_from, settings, records)
         state = None
     elif settings.resume and (out / TRAINER_STATE).is_file():
         model = FineCaptionModel.from_pretrained(out).train()

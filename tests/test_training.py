@@ -114,3 +114,38 @@ def test_fine_tuning_starts_from_a_saved_model_and_new_context_positions_start_n
     assert torch.allclose(before, after)  # zero-initialised: the loaded model behaves as saved
     out = train(settings)
     assert FineCaptionModel.from_pretrained(out).config.context_positions
+
+
+def test_fine_tuning_a_model_of_an_older_world_keeps_every_word_and_class_it_knew(tmp_path):
+    """The world grew (new colours, "no other object"): `--init-from` an older model moves it to the current
+    vocabulary and attribute classes, row by row, instead of failing on the shapes."""
+    from finecaption_ros.data.batches import AUX_CLASSES
+    from finecaption_ros.data.scenes import world_texts
+    from finecaption_ros.model.config import FineCaptionConfig
+    from finecaption_ros.model.tokenizer import build_word_tokenizer
+    from finecaption_ros.train import model_from
+
+    dropped = {"pink", "brown", "no", "other"}
+    old_texts = [" ".join(w for w in t.split() if w not in dropped) for t in world_texts()]
+    old_tokenizer = build_word_tokenizer(old_texts)
+    config = FineCaptionConfig.load(TrainSettings().config)
+    config.aux_classes = {k: [v for v in values if v not in dropped] for k, values in AUX_CLASSES.items()}
+    config.decoder = dict(config.decoder, vocab_size=len(old_tokenizer), pad_token_id=old_tokenizer.pad_token_id,
+                          bos_token_id=old_tokenizer.bos_token_id, eos_token_id=old_tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    old = FineCaptionModel(config)
+    old.save_pretrained(tmp_path / "old", old_tokenizer)
+
+    model, tokenizer = model_from(str(tmp_path / "old"), TrainSettings())
+    assert tokenizer.get_vocab() == build_word_tokenizer(world_texts()).get_vocab()
+    assert model.config.aux_classes == AUX_CLASSES
+    old_rows, new_rows = old.decoder.get_input_embeddings().weight, model.decoder.get_input_embeddings().weight
+    for word in ("red", "circle", "striped", "left"):
+        i, j = old_tokenizer.get_vocab()[word], tokenizer.get_vocab()[word]
+        assert torch.equal(old_rows[i], new_rows[j])
+        assert torch.equal(old.decoder.lm_head.weight[i], model.decoder.lm_head.weight[j])
+    colours = old.config.aux_classes["color"]
+    red_old, red_new = colours.index("red"), AUX_CLASSES["color"].index("red")
+    assert torch.equal(old.aux_heads["color"].weight[red_old], model.aux_heads["color"].weight[red_new])
+    assert torch.equal(old.mask_encoder.state_dict()[next(iter(old.mask_encoder.state_dict()))],
+                       model.mask_encoder.state_dict()[next(iter(model.mask_encoder.state_dict()))])

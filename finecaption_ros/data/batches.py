@@ -7,9 +7,10 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..model.inputs import region_inputs
+from ..model.inputs import letterbox, letterbox_frames, region_inputs, writable
 from ..tasks import ATTRIBUTE_TASK, ATTRIBUTES, DENSE_TASK, GLOBAL_TASK, prompt_for
-from .scenes import CATEGORIES, COLORS, POSITIONS, SIZES, TEXTURES, Scene, SceneGenerator
+from .camera import Camera, imperfect_masks
+from .scenes import CATEGORIES, COLORS, COUNT_WORDS, POSITIONS, SIZES, TEXTURES, Scene, SceneGenerator
 
 # Auxiliary heads: one classifier per closed-vocabulary attribute (relative location is open-ended).
 AUX_CLASSES = {
@@ -37,32 +38,47 @@ class TokenCache:
 
 
 def region_samples(scene: Scene, rng: np.random.Generator, p_global: float, p_dense: float,
-                   relation_boost: float = 1.0):
-    """(mask or None, task, attribute, caption, aux labels or None): one per object, sometimes the whole image."""
+                   relation_boost: float = 1.0, p_imperfect: float = 0.0):
+    """(mask or None, task, attribute, caption, aux labels or None): one per object, sometimes the whole image.
+    With probability `p_imperfect` the frame's masks are the kind a real segmenter gives (`camera.imperfect_masks`);
+    the captions stay the truth."""
     weights = np.array([relation_boost if a == "relative_location" else 1.0 for a in ATTRIBUTES])
     weights /= weights.sum()
     samples = []
     if rng.random() < p_global:
         samples.append((None, GLOBAL_TASK, None, scene.global_caption(), None))
-    for obj in scene.objects:
+    if p_imperfect and rng.random() < p_imperfect:
+        masks = imperfect_masks(scene, rng, grow=(-3, 3), holes=0.3)
+    else:
+        masks = [scene.mask(obj.region_id) for obj in scene.objects]
+    for obj, mask in zip(scene.objects, masks):
         aux = [values.index(obj.attribute(name)) for name, values in AUX_CLASSES.items()]
         if rng.random() < p_dense:
-            samples.append((scene.mask(obj.region_id), DENSE_TASK, None, obj.dense_caption(), aux))
+            samples.append((mask, DENSE_TASK, None, obj.dense_caption(), aux))
         else:
             # Unboosted draws keep the random stream the default checkpoint was trained with.
             pick = rng.integers(len(ATTRIBUTES)) if relation_boost == 1.0 else rng.choice(len(ATTRIBUTES), p=weights)
             attribute = ATTRIBUTES[pick]
-            samples.append((scene.mask(obj.region_id), ATTRIBUTE_TASK, attribute, obj.attribute(attribute), aux))
+            samples.append((mask, ATTRIBUTE_TASK, attribute, obj.attribute(attribute), aux))
     return samples
+
+
+def view_centres(scene: Scene, side: int) -> list[tuple[float, float]]:
+    """The objects' centroids in the letterboxed view, as fractions of its side (what the count head is taught)."""
+    height, width = scene.labels.shape
+    content_h, content_w, top, left = letterbox(height, width, side)
+    return [((left + o.center[0] / width * content_w) / side, (top + o.center[1] / height * content_h) / side)
+            for o in scene.objects]
 
 
 def collate(frames: list[np.ndarray], samples_per_frame: list[list], tokens: TokenCache, side: int, pad_id: int,
             num_aux: int = len(AUX_CLASSES), centres_per_frame: list | None = None) -> dict[str, torch.Tensor]:
     """Frames (HxWx3 uint8, sizes may differ) and their samples -> one training batch (see FineCaptionModel.forward).
 
-    Masks become coverage at the model's high-res side per frame; frames of other sizes are resized to side x side
-    (the model resizes to that anyway), so a batch may mix image sizes. `centres_per_frame`: for each frame the
-    (x, y) centres of all its objects normalised to [0, 1], or None where they are not all known (count training).
+    Masks become coverage at the model's high-res side per frame; frames are letterboxed to side x side as the
+    model's views letterbox them (`model.inputs.letterbox`), so a batch may mix image sizes. `centres_per_frame`:
+    for each frame the (x, y) centres of all its objects as fractions of the letterboxed view (`view_centres`), or
+    None where they are not all known (count training).
     Whole-image samples (global task) get their own neighbour group: they are nobody's neighbour.
     """
     coverages, boxes, frame_index, groups, sequences, prompt_lengths, aux = [], [], [], [], [], [], []
@@ -72,7 +88,7 @@ def collate(frames: list[np.ndarray], samples_per_frame: list[list], tokens: Tok
         coverage, frame_boxes, _ = region_inputs(np.stack(masks), side)
         coverages.append(coverage)
         boxes.append(frame_boxes)
-        images.append(_square(image, side))
+        images.append(letterbox_frames(torch.from_numpy(writable(image))[None], side)[0])
         for mask, task, attribute, caption, labels in samples:
             frame_index.append(frame)
             groups.append(2 * frame + (mask is None))
@@ -92,7 +108,7 @@ def collate(frames: list[np.ndarray], samples_per_frame: list[list], tokens: Tok
     centres = [(frame, x, y) for frame, known in enumerate(centres_per_frame) if known is not None
                for x, y in known]
     return {
-        "images": torch.from_numpy(np.stack(images)),
+        "images": torch.stack(images),
         "masks": torch.cat(coverages),
         "boxes": torch.cat(boxes),
         "frame_index": torch.tensor(frame_index),
@@ -106,14 +122,6 @@ def collate(frames: list[np.ndarray], samples_per_frame: list[list], tokens: Tok
     }
 
 
-def _square(image: np.ndarray, side: int) -> np.ndarray:
-    if image.shape[:2] == (side, side):
-        return image
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR))
-
-
 def _worker_rng(seed: int, rank: int) -> np.random.Generator:
     """Each DataLoader worker of each DDP rank draws its own stream."""
     worker = get_worker_info()
@@ -121,10 +129,14 @@ def _worker_rng(seed: int, rank: int) -> np.random.Generator:
 
 
 class SceneBatches(IterableDataset):
-    """An endless stream of batches; each worker and each DDP rank draws its own scenes."""
+    """An endless stream of batches; each worker and each DDP rank draws its own scenes, under the training camera
+    (`camera.Camera.training`: every frame size and rendering condition of the camera suite) unless `camera` says
+    otherwise."""
 
     def __init__(self, tokenizer, scenes_per_batch: int, side: int, seed: int, rank: int = 0,
-                 p_global: float = 0.25, p_dense: float = 0.3, scene_size: int = 256, relation_boost: float = 1.0):
+                 p_global: float = 0.25, p_dense: float = 0.3, scene_size: int = 256, relation_boost: float = 1.0,
+                 camera: Camera | None = None, min_objects: int = 1, max_objects: int = max(COUNT_WORDS),
+                 p_imperfect: float = 0.5):
         self.tokenizer = tokenizer
         self.scenes_per_batch = scenes_per_batch
         self.side = side
@@ -134,17 +146,21 @@ class SceneBatches(IterableDataset):
         self.p_dense = p_dense
         self.scene_size = scene_size
         self.relation_boost = relation_boost
+        self.camera = camera or Camera.training(render_side=side)
+        self.min_objects, self.max_objects = min_objects, max_objects
+        self.p_imperfect = p_imperfect
 
     def __iter__(self):
         rng = _worker_rng(self.seed, self.rank)
-        generator = SceneGenerator(self.scene_size, self.scene_size, split="train", seed=rng.integers(2**32))
+        generator = SceneGenerator(self.scene_size, self.scene_size, split="train", seed=rng.integers(2**32),
+                                   camera=self.camera, min_objects=self.min_objects, max_objects=self.max_objects)
         tokens = TokenCache(self.tokenizer)
         pad_id = self.tokenizer.pad_token_id
         while True:
             scenes = [generator.sample() for _ in range(self.scenes_per_batch)]
-            samples = [region_samples(s, rng, self.p_global, self.p_dense, self.relation_boost) for s in scenes]
-            centres = [[(o.center[0] / s.image.shape[1], o.center[1] / s.image.shape[0]) for o in s.objects]
+            samples = [region_samples(s, rng, self.p_global, self.p_dense, self.relation_boost, self.p_imperfect)
                        for s in scenes]
+            centres = [view_centres(s, self.side) for s in scenes]
             yield collate([s.image for s in scenes], samples, tokens, self.side, pad_id, centres_per_frame=centres)
 
 
