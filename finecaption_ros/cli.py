@@ -125,7 +125,15 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate
 
     captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir)
-    report = evaluate(captioner, n=args.n, seed=args.seed, tasks=args.tasks or TASKS)
+    if args.suite == "camera":
+        from .camera_suite import format_table, run_suite
+
+        if args.tasks:
+            raise CommandError("--tasks applies to --suite generator; the camera suite asks every task")
+        report = run_suite(captioner, n=args.n or 30, seed=args.seed)
+        print(format_table(report), file=sys.stderr)
+    else:
+        report = evaluate(captioner, n=args.n or 500, seed=args.seed, tasks=args.tasks or TASKS)
     text = json.dumps(report, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +221,11 @@ def build_parser() -> ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate on fresh synthetic scenes; prints JSON")
     _add_model_arguments(p)
-    p.add_argument("--n", type=positive_int, default=500, help="number of scenes")
+    p.add_argument("--suite", choices=("generator", "camera"), default="generator",
+                   help="generator: the training generator's 256x256 frames; camera: one row per camera condition "
+                        "(frame sizes, shifts, masks, rotation, noise), the table on stderr")
+    p.add_argument("--n", type=positive_int, default=None,
+                   help="number of scenes (generator: 500; camera: 30 per condition)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--tasks", type=names_from(TASKS), default=None,
                    help=f"comma-separated subset of {','.join(TASKS)}")

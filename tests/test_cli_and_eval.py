@@ -55,3 +55,29 @@ def test_caption_command_reports_bad_input(random_model_dir, tmp_path, capsys):
                  "--masks", str(tmp_path / "masks.png")])
     assert code == 2
     assert "must match the image size" in capsys.readouterr().err
+
+
+def test_camera_suite_reports_every_condition_count_and_consistency(random_model_dir):
+    from finecaption_ros.camera_suite import CONDITIONS, format_table, run_suite
+    from finecaption_ros.captioner import Captioner
+    from finecaption_ros.data.scenes import COUNT_WORDS
+
+    report = run_suite(Captioner.from_pretrained(random_model_dir), n=1, seed=3, progress=False, count_scenes=1,
+                       consistency_scenes=1)
+    assert list(report["conditions"]) == [c.name for c in CONDITIONS]
+    for row in report["conditions"].values():
+        assert row["regions"] >= 1
+        for key in list(ATTRIBUTES) + ["dense_all_right", "count"]:
+            assert 0.0 <= row[key] <= 1.0
+    assert list(report["global_count_by_number"]) == list(COUNT_WORDS.values())
+    assert report["consistency"]["regions"] >= 1
+    assert report["misses"]  # an untrained model misses the targets, and the report says so
+    table = format_table(report)
+    assert all(f"| {c.name} |" in table for c in CONDITIONS) and "numbers below target" in table
+    json.dumps(report)
+
+
+def test_eval_suite_camera_refuses_tasks(random_model_dir, capsys):
+    code = main(["eval", "--model", str(random_model_dir), "--suite", "camera", "--tasks", "dense"])
+    assert code == 2
+    assert "--tasks applies to --suite generator" in capsys.readouterr().err
