@@ -38,17 +38,22 @@ bench: setup
 
 # How the embedded default model was trained (wall time in finecaption_ros/checkpoints/default/training_summary.json).
 # As the packaged model was made (README, "The embedded default model"): the base architecture from scratch, a
-# fine-tune that adds the neighbour and count tokens, and that fine-tune resumed to 4000 steps with more relation
-# questions (its schedule stretched to the new length).
+# fine-tune that adds the neighbour and count tokens, that fine-tune resumed to 4000 steps with more relation
+# questions (its schedule stretched to the new length), and a fine-tune on camera-like frames of the world as
+# data/scenes.py states it (every frame shape, rendering condition and imperfect mask of the camera suite).
 FINETUNE = --init-from runs/default-base --out runs/default --lr 5e-4 --threads 2 --neighbor-tokens 2 \
   --count-token true --p-global 0.5
+CAMERA_STEPS ?= 3600
+CAMERA = --init-from runs/default --out runs/default-camera --lr 5e-4 --threads 2 --neighbor-tokens 2 \
+  --count-token true --p-global 0.5 --relation-boost 3 --checkpoint-every 200 --steps $(CAMERA_STEPS)
 default-model: setup
 	$(VENV)/bin/finecaption train --out runs/default-base --steps 3000 --threads 2 --neighbor-tokens 0 \
 	  --count-token false --overwrite
 	$(VENV)/bin/finecaption train $(FINETUNE) --steps 2000 --relation-boost 3 --overwrite
 	$(VENV)/bin/finecaption train $(FINETUNE) --steps 4000 --relation-boost 6 --resume
+	$(VENV)/bin/finecaption train $(CAMERA) --resume
 	mkdir -p finecaption_ros/checkpoints/default
-	cp runs/default/{config.json,model.safetensors,tokenizer.json,tokenizer_config.json,training_summary.json} \
+	cp runs/default-camera/{config.json,model.safetensors,tokenizer.json,tokenizer_config.json,training_summary.json} \
 	   finecaption_ros/checkpoints/default/
 
 # The README's ablation table: four variants, the same budget each, evaluated on the same fresh scenes. They test

@@ -126,7 +126,7 @@ def test_default_model_captions_fresh_scenes_correctly(default_captioner):
 
 
 def test_default_model_names_each_regions_nearest_neighbour(default_captioner):
-    """Relative location needs the other regions of the frame (neighbour tokens): measured 88% on 500 scenes."""
+    """Relative location needs the other regions of the frame (neighbour tokens): measured 79.8% on 300 scenes."""
     generator = SceneGenerator(split="eval", seed=4321)
     right = total = 0
     for _ in range(10):
@@ -140,7 +140,7 @@ def test_default_model_names_each_regions_nearest_neighbour(default_captioner):
 
 
 def test_default_model_counts_the_objects_of_a_frame(default_captioner):
-    """The global caption starts with the object count (count token): measured 95.6% on 500 scenes."""
+    """The global caption starts with the object count (count token): measured 70.3% on 300 scenes."""
     from finecaption_ros.data.scenes import COUNT_WORDS
 
     generator = SceneGenerator(split="eval", seed=99)
@@ -150,6 +150,36 @@ def test_default_model_counts_the_objects_of_a_frame(default_captioner):
         caption = default_captioner.caption(scene.image, task="global", max_new_tokens=3)[0].caption
         right += caption.split(" ")[0] == COUNT_WORDS[len(scene.objects)]
     assert right >= 15, f"{right}/20 object counts right"
+
+
+def test_default_model_gives_the_same_captions_at_camera_sizes_and_one_pixel_shifts(default_captioner):
+    """The same layouts at 256x256, 640x480, 1280x720 and shifted by 1 px: the share of regions with the same dense
+    caption in all four. Issue 9's target is 95%; the embedded model gives 72% on these layouts (the camera suite's
+    consistency row: 68%), so this guards the level reached, and the README states the gap."""
+    from finecaption_ros.camera_suite import _consistency
+
+    class _Quiet:
+        def update(self, _):
+            pass
+
+    result = _consistency(default_captioner, scenes=6, seed=5, bar=_Quiet())
+    assert result["regions"] >= 18
+    assert result["same_caption"] >= 0.6, result
+
+
+def test_default_model_captions_camera_frames(default_captioner):
+    """640x480 and 1280x720 frames, letterboxed, are captioned (before letterboxing and camera-like training the
+    dense captions were 0-11% right at these sizes; the camera suite measures 85% and 81% now)."""
+    for width, height in ((640, 480), (1280, 720)):
+        generator = SceneGenerator(height, width, split="eval", seed=width)
+        right = total = 0
+        for _ in range(6):
+            scene = generator.sample()
+            for r in default_captioner.caption(scene.image, scene.labels, task="dense"):
+                obj = next(o for o in scene.objects if o.region_id == r.region_id)
+                right += r.caption == obj.dense_caption()
+                total += 1
+        assert right / total >= 0.6, f"{width}x{height}: {right}/{total} dense captions exact"
 
 
 def test_region_ids_caption_a_subset_with_the_other_regions_as_neighbours(random_model_dir):
