@@ -56,7 +56,7 @@ def region_samples(scene: Scene, rng: np.random.Generator, p_global: float, p_de
         if rng.random() < p_dense:
             samples.append((mask, DENSE_TASK, None, obj.dense_caption(), aux))
         else:
-            # Unboosted draws keep the random stream the default checkpoint was trained with.
+            # Unboosted draws keep the random stream of runs made before --relation-boost existed.
             pick = rng.integers(len(ATTRIBUTES)) if relation_boost == 1.0 else rng.choice(len(ATTRIBUTES), p=weights)
             attribute = ATTRIBUTES[pick]
             samples.append((mask, ATTRIBUTE_TASK, attribute, obj.attribute(attribute), aux))

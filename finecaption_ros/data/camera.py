@@ -34,7 +34,6 @@ class Camera:
     noise: float = 0.0  # largest Gaussian noise sigma (0-255 levels)
     blur: float = 0.0  # largest Gaussian blur sigma (px)
     jpeg: tuple[int, int] | None = None  # JPEG quality range, applied to half the frames
-    photos: bool = False  # (reserved) crops of photographs as backgrounds
 
     @classmethod
     def training(cls, render_side: int = 256) -> "Camera":
