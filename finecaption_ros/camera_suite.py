@@ -7,7 +7,6 @@ counts the regions whose dense caption is the same in all four. The targets are 
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +14,7 @@ from tqdm import tqdm
 
 from .data.camera import BACKGROUNDS, Camera, imperfect_masks
 from .data.scenes import COUNT_WORDS, SceneGenerator
+from .evaluate import Tally
 from .tasks import ATTRIBUTE_TASK, ATTRIBUTES, DENSE_TASK, GLOBAL_TASK
 
 TARGETS = {"attribute": 0.95, "relative_location": 0.85, "dense_all_right": 0.90, "count": 0.90,
@@ -61,20 +61,7 @@ def _model_masks(scene, condition: Condition, rng: np.random.Generator):
     return imperfect_masks(scene, rng, grow=grow, holes=1.0 if condition.masks == "holes" else 0.0)
 
 
-class _Row:
-    def __init__(self):
-        self.right = defaultdict(int)
-        self.total = defaultdict(int)
-
-    def add(self, key: str, correct: bool) -> None:
-        self.total[key] += 1
-        self.right[key] += int(correct)
-
-    def rate(self, key: str) -> float | None:
-        return round(self.right[key] / self.total[key], 4) if self.total[key] else None
-
-
-def _caption_scene(captioner, scene, masks, row: _Row) -> None:
+def _caption_scene(captioner, scene, masks, row: Tally) -> None:
     objects = {o.region_id: o for o in scene.objects}
     ids = [o.region_id for o in scene.objects]
     if isinstance(masks, list):  # imperfect masks come as a list; results are numbered 1..N in that order
@@ -83,11 +70,11 @@ def _caption_scene(captioner, scene, masks, row: _Row) -> None:
         ids_of = {i: i for i in ids}
     for result in captioner.caption(scene.image, masks, task=ATTRIBUTE_TASK, attributes=list(ATTRIBUTES)):
         obj = objects[ids_of[result.region_id]]
-        row.add(result.attribute, result.caption == obj.attribute(result.attribute))
+        row.add([result.attribute], result.caption == obj.attribute(result.attribute))
     for result in captioner.caption(scene.image, masks, task=DENSE_TASK):
-        row.add("dense_all_right", result.caption == objects[ids_of[result.region_id]].dense_caption())
+        row.add(["dense_all_right"], result.caption == objects[ids_of[result.region_id]].dense_caption())
     result = captioner.caption(scene.image, task=GLOBAL_TASK)[0]
-    row.add("count", result.caption.split(" ")[0] == COUNT_WORDS[len(scene.objects)])
+    row.add(["count"], result.caption.split(" ")[0] == COUNT_WORDS[len(scene.objects)])
 
 
 def run_suite(captioner, n: int = 30, seed: int = 0, progress: bool = True, count_scenes: int = 10,
@@ -104,7 +91,7 @@ def run_suite(captioner, n: int = 30, seed: int = 0, progress: bool = True, coun
         generator = SceneGenerator(height, width, *condition.objects, split="eval", camera=condition.camera,
                                    seed=SEED_OFFSET + 97 * seed + index)
         rng = np.random.default_rng([SEED_OFFSET, seed, index])
-        row = _Row()
+        row = Tally()
         for _ in range(n):
             scene = generator.sample()
             _caption_scene(captioner, scene, _model_masks(scene, condition, rng), row)
@@ -129,15 +116,14 @@ def run_suite(captioner, n: int = 30, seed: int = 0, progress: bool = True, coun
     return report
 
 
-def _report_row(row: _Row) -> dict:
-    out = {"regions": row.total["dense_all_right"]}
-    out.update({a: row.rate(a) for a in ATTRIBUTES})
-    out["dense_all_right"] = row.rate("dense_all_right")
-    out["count"] = row.rate("count")
+def _report_row(row: Tally) -> dict:
+    rates = row.rates()
+    out = {"regions": row.counts().get("dense_all_right", 0)}
+    out.update({key: rates.get(key) for key in list(ATTRIBUTES) + ["dense_all_right", "count"]})
     return out
 
 
-def _consistency(captioner, scenes: int, seed: int, bar) -> dict:
+def _consistency(captioner, scenes: int, seed: int, bar=None) -> dict:
     """Dense captions of the same layouts at each size of CONSISTENCY_SIZES and shifted by 1 px: the share of the
     regions (visible in every rendering) whose caption is the same in all."""
     generator = SceneGenerator(256, 256, 3, 5, split="eval", seed=SEED_OFFSET + 97 * seed + 60)
@@ -154,7 +140,8 @@ def _consistency(captioner, scenes: int, seed: int, bar) -> dict:
         shared = set.intersection(*(set(c) for c in captions))
         total += len(shared)
         same += sum(len({c[i] for c in captions}) == 1 for i in shared)
-        bar.update(1)
+        if bar is not None:
+            bar.update(1)
     return {"renderings": ["x".join(map(str, s)) for s in CONSISTENCY_SIZES] + ["640x480 shifted 1 px"],
             "regions": total, "same_caption": round(same / max(1, total), 4)}
 

@@ -12,7 +12,9 @@ from .metrics import caption_scores
 from .tasks import ATTRIBUTE_TASK, ATTRIBUTES, DENSE_TASK, GLOBAL_TASK, TASKS
 
 
-class _Tally:
+class Tally:
+    """Right / total per key (a split, an attribute); the camera suite counts with it too."""
+
     def __init__(self):
         self.right = defaultdict(int)
         self.total = defaultdict(int)
@@ -37,7 +39,7 @@ def evaluate(captioner: Captioner, n: int = 500, seed: int = 0, tasks=TASKS, att
     if unknown or not tasks:
         raise ValueError(f"tasks must name some of {', '.join(TASKS)}; got {list(tasks)!r:.80}")
     generator = SceneGenerator(split="eval", seed=seed)
-    attribute_tally, dense_tally, global_tally = _Tally(), _Tally(), _Tally()
+    attribute_tally, dense_tally, global_tally = Tally(), Tally(), Tally()
     references = {t: [] for t in TASKS}
     hypotheses = {t: [] for t in TASKS}
     for _ in tqdm(range(n), desc="eval scenes", disable=not progress):

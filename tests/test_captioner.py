@@ -163,11 +163,7 @@ def test_default_model_gives_the_same_captions_at_camera_sizes_and_one_pixel_shi
     consistency row: 68%), so this guards the level reached, and the README states the gap."""
     from finecaption_ros.camera_suite import _consistency
 
-    class _Quiet:
-        def update(self, _):
-            pass
-
-    result = _consistency(default_captioner, scenes=6, seed=5, bar=_Quiet())
+    result = _consistency(default_captioner, scenes=6, seed=5)
     assert result["regions"] >= 18
     assert result["same_caption"] >= 0.6, result
 
