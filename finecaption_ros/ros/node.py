@@ -42,7 +42,7 @@ from ..ros_support.annotate import annotate
 from ..ros_support.dds import use_large_frame_transport
 from ..ros_support.errors import FrameError
 from ..ros_support.image_codec import check_image, check_mask, encode
-from ..ros_support.latest import InferenceWorkers, LatestSlot, PairedFrame, ServiceJob
+from ..ros_support.latest import InferenceWorkers, InFlight, LatestSlot, PairedFrame, ServiceJob
 from ..ros_support.pairing import IMAGE, MASK, StampPairer
 from ..ros_support.params import NODE_PARAMS, validate
 from ..ros_support.pipeline import CaptionPipeline, PipelineConfig
@@ -274,8 +274,9 @@ class FineCaptionNode(LifecycleNode):
         self._reject(FrameError("captioner_error", f"captioning failed: {type(err).__name__}: {err}"))
         self.log.debug(traceback.format_exc())
 
-    def _caption_frames(self, frames: list[PairedFrame]) -> None:
-        """The latest frame of every camera that has one, in one batch; frames over the latency budget dropped."""
+    def _caption_frames(self, frames: list[PairedFrame]) -> InFlight | None:
+        """The latest frame of every camera that has one, in one batch, handed to the captioner; frames over the
+        latency budget dropped. The workers wait for the answer and publish it (`_publish_captions`)."""
         budget, now = self.get_parameter("latency_budget").value, time.monotonic()
         stale = [f for f in frames if budget and now - f.received > budget]
         for frame in stale:
@@ -283,8 +284,13 @@ class FineCaptionNode(LifecycleNode):
             self.log.warn(f"stale_{frame.camera}", f"{frame.camera or 'frame'} stamped {_stamp_text(frame.image)} "
                           f"waited {now - frame.received:.3f} s, more than latency_budget = {budget:g} s; dropped")
         frames = [f for f in frames if f not in stale]
-        results = self.pipeline.process_message_batch([(f.image, f.mask) for f in frames],
-                                                      sources=[f.camera for f in frames]) if frames else []
+        if not frames:
+            return None
+        batch = self.pipeline.begin_messages([(f.image, f.mask) for f in frames], sources=[f.camera for f in frames])
+        return InFlight(lambda: self.pipeline.wait(batch),
+                        lambda: self._publish_captions(frames, self.pipeline.finish(batch)))
+
+    def _publish_captions(self, frames: list[PairedFrame], results) -> None:
         for frame, result in zip(frames, results):
             if isinstance(result, FrameError):
                 self._reject(result)

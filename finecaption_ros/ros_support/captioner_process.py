@@ -66,6 +66,11 @@ class CaptionerProcess:
         return self.caption_frames([(image, masks, region_ids)], task, attributes, max_new_tokens)[0]
 
     def caption_frames(self, frames, task: str = "dense", attributes=None, max_new_tokens=None):
+        return self.submit(frames, task, attributes, max_new_tokens).result()
+
+    def submit(self, frames, task: str = "dense", attributes=None, max_new_tokens=None) -> Call:
+        """Hand the child a call and return at once; `.result()` (exactly once) waits for its captions. A worker
+        holds its channel from here to `result`."""
         generation, free = self._generation, self._free
         channel = free.get()
         try:
@@ -75,17 +80,13 @@ class CaptionerProcess:
             try:
                 channel.conn.send(("caption", segment, layout, task, list(attributes) if attributes else None,
                                    max_new_tokens))
-                kind, value = channel.conn.recv()
             except (EOFError, OSError) as err:
                 raise CaptionerProcessError(f"the captioner process stopped ({self._died(generation)}); "
                                             "it is restarted for the next frame") from err
-        finally:
+        except BaseException:
             free.put(channel)
-        if kind == "ok":
-            return value
-        if kind == "input":
-            raise ValueError(value)  # the captioner's CaptionerInputError (a ValueError), as the pipeline expects
-        raise RuntimeError(value)
+            raise
+        return Call(self, channel, generation, free)
 
     # ---- the child's life -----------------------------------------------------------------------------------------
     def rss_mb(self) -> float:
@@ -165,6 +166,27 @@ class CaptionerProcess:
             self.close()
         except Exception:
             pass
+
+
+class Call:
+    """A call the child is working on (`CaptionerProcess.submit`)."""
+
+    def __init__(self, owner: CaptionerProcess, channel: _Channel, generation: int, free: queue.Queue):
+        self._owner, self._channel, self._generation, self._free = owner, channel, generation, free
+
+    def result(self) -> list:
+        try:
+            kind, value = self._channel.conn.recv()
+        except (EOFError, OSError) as err:
+            raise CaptionerProcessError(f"the captioner process stopped ({self._owner._died(self._generation)}); "
+                                        "it is restarted for the next frame") from err
+        finally:
+            self._free.put(self._channel)
+        if kind == "ok":
+            return value
+        if kind == "input":
+            raise ValueError(value)  # the captioner's CaptionerInputError (a ValueError), as the pipeline expects
+        raise RuntimeError(value)
 
 
 class _Channel:

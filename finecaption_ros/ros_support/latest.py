@@ -9,9 +9,10 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 FRAME, REQUEST = "frame", "request"
+_FAILED = object()
 
 
 @dataclass
@@ -124,9 +125,21 @@ class LatestSlot:
             return self._closed
 
 
+@dataclass
+class InFlight:
+    """Frames the captioner is working on: `wait()` blocks until its answer is back, `finish()` publishes it."""
+    wait: Callable[[], Any]
+    finish: Callable[[], Any]
+
+
 class InferenceWorkers:
-    """`count` daemon threads that take work from `slot` until it closes: frames go to `on_frames(frames)`,
-    requests to `on_request(request)`. An exception from either goes to `on_error(err)`: a worker never dies."""
+    """`count` daemon threads that take work from `slot` until it closes: frames go to `on_frames(frames)`, which
+    hands them to the captioner and returns their InFlight (or None when it is done with them), requests to
+    `on_request(request)`. An exception from any of them goes to `on_error(err)`: a worker never dies.
+
+    A worker hands the captioner its next frames as soon as the answer for the last ones is back, and publishes
+    that answer while the model works on the next: the model (in its own process) is never idle for the time it
+    takes to build and publish messages. A service request waits for the batch in flight to be published."""
 
     def __init__(self, slot: LatestSlot, count: int, on_frames, on_request, on_error):
         self.slot = slot
@@ -137,15 +150,35 @@ class InferenceWorkers:
             thread.start()
 
     def _run(self) -> None:
-        while not self.slot.closed:
-            work = self.slot.take_work(timeout=0.25)
-            if work is None:
+        flight: InFlight | None = None
+        while flight is not None or not self.slot.closed:
+            if flight is None:
+                work = self.slot.take_work(timeout=0.25)
+                if work is not None:
+                    flight = self._start(*work)
                 continue
-            kind, item = work
-            try:
-                (self.on_request if kind == REQUEST else self.on_frames)(item)
-            except Exception as err:  # noqa: BLE001
-                self.on_error(err)
+            answered = self._guarded(flight.wait) is not _FAILED
+            work = self.slot.take_work(timeout=0)  # whatever waits now, without waiting
+            following = self._start(*work) if work is not None and work[0] == FRAME else None
+            if answered:
+                self._guarded(flight.finish)
+            flight = following
+            if work is not None and work[0] == REQUEST:
+                self._guarded(self.on_request, work[1])
+
+    def _start(self, kind: str, item: Any) -> InFlight | None:
+        if kind == REQUEST:
+            self._guarded(self.on_request, item)
+            return None
+        flight = self._guarded(self.on_frames, item)
+        return None if flight is _FAILED else flight
+
+    def _guarded(self, call, *args):
+        try:
+            return call(*args)
+        except Exception as err:  # noqa: BLE001
+            self.on_error(err)
+            return _FAILED
 
     def join(self, timeout: float) -> None:
         """Wait for the workers (after `slot.close()`), but never for the calling thread itself."""

@@ -69,6 +69,21 @@ class _Work:  # one frame between region selection and the captioner's answer
     only: list[int] | None = None
 
 
+@dataclass
+class Batch:  # frames between `begin` and `finish`
+    config: PipelineConfig
+    task: str
+    attrs: tuple
+    use_reuse: bool
+    now_s: float
+    works: list[_Work]
+    call: object = None  # the captioner's submitted call (see CaptionerProcess.submit)
+    started: float | None = None
+    outputs: dict | None = None
+    slots: list | None = None  # begin_messages: every pair's decoded frame or FrameError, in order
+    decode_s: list = field(default_factory=list)
+
+
 class CaptionPipeline:
     def __init__(self, captioner, config: PipelineConfig | None = None, concurrency: int = 1):
         self.captioner = captioner
@@ -107,6 +122,18 @@ class CaptionPipeline:
 
     def process_message_batch(self, pairs, task: str | None = None, **options) -> list[FrameResult | FrameError]:
         """(image message, mask message) pairs -> one FrameResult, or the FrameError that refused it, per pair."""
+        return self.finish(self.wait(self.begin_messages(pairs, task, **options)))
+
+    def process_batch(self, frames, task: str | None = None, **options) -> list[FrameResult | FrameError]:
+        """(image, labels) frames (from `sources`, default all "") -> one FrameResult, or the FrameError that refused
+        it, per frame; the regions still to caption of all frames go to the captioner in one call."""
+        return self.finish(self.wait(self.begin(frames, task, **options)))
+
+    # A batch in three steps, so that a worker can hand the captioner its next frames between `wait` (the model's
+    # answer is back: the model is idle from here) and `finish` (assembling and publishing this batch's captions).
+    def begin_messages(self, pairs, task: str | None = None, **options) -> Batch:
+        """Decode (image message, mask message) pairs and `begin` the batch; a pair that fails to decode keeps its
+        FrameError in its place."""
         task, sources = task or self.config.task, options.pop("sources", None) or [""] * len(pairs)
         decoded, decode_s = [], []
         for image_msg, mask_msg in pairs:
@@ -117,17 +144,14 @@ class CaptionPipeline:
                 decoded.append(err)
             decode_s.append(time.perf_counter() - t0)
         ok = [k for k, d in enumerate(decoded) if not isinstance(d, FrameError)]
-        outs = iter(self.process_batch([decoded[k] for k in ok], task, sources=[sources[k] for k in ok], **options))
-        results = [d if isinstance(d, FrameError) else next(outs) for d in decoded]
-        for result, seconds in zip(results, decode_s):
-            if isinstance(result, FrameResult):
-                result.decode_s = seconds
-        return results
+        batch = self.begin([decoded[k] for k in ok], task, sources=[sources[k] for k in ok], **options)
+        batch.slots, batch.decode_s = decoded, decode_s
+        return batch
 
-    def process_batch(self, frames, task: str | None = None, attributes=None, use_reuse: bool = True,
-                      now_s: float | None = None, sources=None) -> list[FrameResult | FrameError]:
-        """(image, labels) frames (from `sources`, default all "") -> one FrameResult, or the FrameError that refused
-        it, per frame; the regions still to caption of all frames go to the captioner in one call."""
+    def begin(self, frames, task: str | None = None, attributes=None, use_reuse: bool = True,
+              now_s: float | None = None, sources=None) -> Batch:
+        """Select the regions of every frame and hand the ones to compute to the captioner: a captioner with
+        `submit` (the child process) starts on them at once; any other is called in `wait`."""
         with self._config_lock:
             config = self.config
         task = task or config.task
@@ -136,25 +160,51 @@ class CaptionPipeline:
         now_s = time.monotonic() if now_s is None else now_s
         works = [self._select(config, image, labels, task, attrs, use_reuse, now_s, source)
                  for (image, labels), source in zip(frames, sources or [""] * len(frames))]
-        outputs = self._caption(config, [w for w in works if w.compute], task, attrs)
-        results = []
-        for work in works:
+        batch = Batch(config, task, attrs, use_reuse, now_s, works)
+        computed = [w for w in works if w.compute]
+        submit = getattr(self.captioner, "submit", None)
+        if computed and submit is not None:
+            batch.started = time.perf_counter()
+            try:
+                batch.call = submit(*self._call_args(config, computed, task, attrs))
+            except ValueError:
+                batch.call = None  # `wait` retries frame by frame and names the frame
+        return batch
+
+    def wait(self, batch: Batch) -> Batch:
+        """The captioner's answer for the batch (blocks until it is there)."""
+        computed = [w for w in batch.works if w.compute]
+        if batch.outputs is None:
+            batch.outputs = self._caption(batch.config, computed, batch.task, batch.attrs, batch.call, batch.started)
+        return batch
+
+    def finish(self, batch: Batch) -> list[FrameResult | FrameError]:
+        """The batch's FrameResults (its FrameErrors in their places), once `wait` has its answer."""
+        outputs, results = batch.outputs or {}, []
+        for work in batch.works:
             out = outputs.get(id(work), [])
             if isinstance(out, FrameError):
                 results.append(out)
                 continue
             computed = {(c.region_id, c.attribute): c for c in out}  # the captioner's own results, as they are
-            for c in out if use_reuse else ():
+            for c in out if batch.use_reuse else ():
                 if c.region_id in work.masks:
-                    self.reuse.store((work.source, c.region_id, task, c.attribute), work.masks[c.region_id],
-                                     work.result.image, c, now_s)
-            work.result.captions = [item for i in work.ids for a in attrs
+                    self.reuse.store((work.source, c.region_id, batch.task, c.attribute), work.masks[c.region_id],
+                                     work.result.image, c, batch.now_s)
+            work.result.captions = [item for i in work.ids for a in batch.attrs
                                     if (item := work.reused.get((i, a)) or computed.get((i, a))) is not None]
             work.result.reused, work.result.computed = len(work.reused), len(computed)
             results.append(work.result)
-        if use_reuse:
-            self.reuse.prune(now_s)
-        return results
+        if batch.use_reuse:
+            self.reuse.prune(batch.now_s)
+        if batch.slots is None:
+            return results
+        outs = iter(results)
+        merged = [d if isinstance(d, FrameError) else next(outs) for d in batch.slots]
+        for result, seconds in zip(merged, batch.decode_s):
+            if isinstance(result, FrameResult):
+                result.decode_s = seconds
+        return merged
 
     def _select(self, config, image, labels, task, attrs, use_reuse, now_s, source) -> _Work:
         t0 = time.perf_counter()
@@ -192,17 +242,27 @@ class CaptionPipeline:
         result.select_s = time.perf_counter() - t0
         return work
 
-    def _caption(self, config, works: list[_Work], task, attrs) -> dict[int, list | FrameError]:
-        """{id(work): its captions, or the FrameError the captioner raised for it}; a batch the captioner refuses
-        is retried frame by frame, so one bad frame does not cost the others their captions."""
+    @staticmethod
+    def _call_args(config, works: list[_Work], task, attrs) -> tuple:
+        return ([(w.result.image, w.model_masks, w.only) for w in works], task,
+                list(attrs) if task == ATTRIBUTE_TASK else None, config.max_new_tokens)
+
+    def _caption(self, config, works: list[_Work], task, attrs, call=None,
+                 started: float | None = None) -> dict[int, list | FrameError]:
+        """{id(work): its captions, or the FrameError the captioner raised for it}; `call` is the submitted call to
+        collect, if any. A batch the captioner refuses is retried frame by frame, so one bad frame does not cost the
+        others their captions."""
         if not works:
             return {}
-        t1 = time.perf_counter()
+        t1 = time.perf_counter() if started is None else started
         try:
-            with self._model_lock:
-                outputs = self.captioner.caption_frames(
-                    [(w.result.image, w.model_masks, w.only) for w in works], task=task,
-                    attributes=list(attrs) if task == ATTRIBUTE_TASK else None, max_new_tokens=config.max_new_tokens)
+            if call is not None:
+                outputs = call.result()
+            else:
+                frames, task, attributes, max_new_tokens = self._call_args(config, works, task, attrs)
+                with self._model_lock:
+                    outputs = self.captioner.caption_frames(frames, task=task, attributes=attributes,
+                                                            max_new_tokens=max_new_tokens)
         except ValueError as err:  # CaptionerInputError is a ValueError
             if len(works) > 1:
                 return {k: v for w in works for k, v in self._caption(config, [w], task, attrs).items()}

@@ -306,16 +306,23 @@ def test_diagnostics_report_rates_latency_and_counts(node, scenes):
 
 
 # ------------------------------------------------------------------------------------------------- flood
-def in_process_frames_per_second(threads: int) -> float:
-    """The same captioner, with the node's thread count, on the same frames (the `scenes` fixture's), in a plain
-    process (tests/ros/inprocess_rate.py)."""
-    from inprocess_rate import frames_per_second
-
-    # 48 captions (~4 s): shorter baselines swung 10-14 frames/s between runs on this shared machine.
-    return frames_per_second(seed=7, n=8, rounds=6, threads=threads)["fps"]
+def plain_frames_per_second(plain, frames, seconds: float = 3.0) -> float:
+    """The same captioner in a plain process of its own (the code the node's child runs, with no ROS beside it),
+    captioning the same frames back to back, timed by its own clock."""
+    times, t0, k = [], time.monotonic(), 0
+    while time.monotonic() - t0 < seconds or len(times) < 8:
+        image, labels = frames[k % len(frames)]
+        times.append(plain.caption(image, labels, task="dense")[0].timings_ms["total"] / 1e3)
+        k += 1
+    return len(times) / sum(times)
 
 
 def test_flood_30hz_for_20s_keeps_up_with_the_captioner_memory_flat_and_the_newest_frame(node, scenes):
+    """20 s of 30 Hz frames in four 5 s segments, with the plain captioner measured before, between and after them:
+    this shared machine's speed moves by tens of percent within a minute, and each segment is compared with the
+    plain windows on either side of it (as bench/node_rate.py does)."""
+    from finecaption_ros.ros_support.captioner_process import CaptionerProcess
+
     proc, client = node
     # Every frame goes through the model (no reuse), and only captions are published.
     results = client.set_parameters({"publish_annotated": False, "caption_reuse": False})
@@ -323,42 +330,46 @@ def test_flood_30hz_for_20s_keeps_up_with_the_captioner_memory_flat_and_the_newe
     expect_good_frame(client, scenes[0])  # warm
     client.clear()
     start = client.latest_diagnostics()
-    threads = int(start["inference_threads"])
-    baseline_before = in_process_frames_per_second(threads)
-    rss_start = proc.rss_mb()
-    images = [client.make_image(s.image, 0) for s in scenes]
-    masks = [client.make_mask(s.labels, 0) for s in scenes]
-    stamps = []
-    period, duration = 1 / 30, 20.0
-    t0 = time.monotonic()
-    param_latency = []
-    k = 0
-    while time.monotonic() - t0 < duration:
-        stamp = next_stamp()
-        image, mask = images[k % len(images)], masks[k % len(masks)]
-        image.header.stamp = mask.header.stamp = client.stamp(stamp)
-        client.image_pub.publish(image)
-        client.mask_pub.publish(mask)
-        stamps.append(stamp)
-        k += 1
-        if k % 90 == 0:  # parameters stay responsive while the worker is busy
-            t = time.monotonic()
-            assert client.get_parameters(["task"]) == ["dense"]
-            param_latency.append(time.monotonic() - t)
-        time.sleep(max(0.0, t0 + k * period - time.monotonic()))
-    published = len(stamps)
-    assert published >= 0.9 * duration * 30
-    # The newest frame is kept and captioned.
-    last = client.captions_for(stamps[-1], timeout=60)
-    elapsed = time.monotonic() - t0
-    assert [c.region_id for c in last.captions] == region_ids(scenes[(published - 1) % len(scenes)].labels)
+    plain = CaptionerProcess(num_threads=int(start["inference_threads"]))
+    try:
+        frames = [(s.image, s.labels) for s in scenes]
+        plain_fps = [plain_frames_per_second(plain, frames)]
+        rss_start = proc.rss_mb()
+        images = [client.make_image(s.image, 0) for s in scenes]
+        masks = [client.make_mask(s.labels, 0) for s in scenes]
+        segments, param_latency, k = [], [], 0
+        period, segment_s = 1 / 30, 5.0
+        for _ in range(4):
+            stamps, t0 = [], time.monotonic()
+            while time.monotonic() - t0 < segment_s:
+                stamp = next_stamp()
+                image, mask = images[k % len(images)], masks[k % len(masks)]
+                image.header.stamp = mask.header.stamp = client.stamp(stamp)
+                client.image_pub.publish(image)
+                client.mask_pub.publish(mask)
+                stamps.append((stamp, k))
+                k += 1
+                if k % 45 == 0:  # parameters stay responsive while the worker is busy
+                    t = time.monotonic()
+                    assert client.get_parameters(["task"]) == ["dense"]
+                    param_latency.append(time.monotonic() - t)
+                time.sleep(max(0.0, t0 + len(stamps) * period - time.monotonic()))
+            segments.append((stamps, time.monotonic() - t0))
+            # The newest frame of every segment is kept and captioned.
+            last, index = stamps[-1]
+            msg = client.captions_for(last, timeout=60)
+            assert [c.region_id for c in msg.captions] == region_ids(scenes[index % len(scenes)].labels)
+            plain_fps.append(plain_frames_per_second(plain, frames))
+    finally:
+        plain.close()
     time.sleep(1.0)
     rss_end = proc.rss_mb()
     values = client.latest_diagnostics()
-    baseline = (baseline_before + in_process_frames_per_second(threads)) / 2  # the machine's load drifts
     received = client.all_captions()
     got = [(m.header.stamp.sec, m.header.stamp.nanosec) for m in received]
     assert len(got) == len(set(got)), "a frame produced more than one RegionCaptionArray"
+    published = sum(len(stamps) for stamps, _ in segments)
+    assert published >= 0.9 * 4 * segment_s * 30
 
     def delta(key):
         return int(values[key]) - int(start[key])
@@ -371,18 +382,20 @@ def test_flood_30hz_for_20s_keeps_up_with_the_captioner_memory_flat_and_the_newe
     assert published - min(received_images, received_masks) <= published // 100, (received_images, received_masks)
     assert paired >= 0.98 * published
     assert dropped > 0 and captioned + dropped == paired  # every paired frame is captioned or counted dropped
-    node_rate = captioned / elapsed
-    # Issue 10 asks for 0.8x. With the model in its own process the node measured 0.96x and 0.97x here, but 0.75x in
-    # one clean-clone CI run (0.72-0.78x when it captioned in the node's own process; a MultiThreadedExecutor gave
-    # ~0.1x). So this bound catches a starved worker, and the 0.8x target stays open in bench/node_rate.py.
-    assert node_rate >= 0.65 * baseline, f"node {node_rate:.1f} frames/s, in process {baseline:.1f} frames/s"
+    captioned_stamps = {round(m.header.stamp.sec + m.header.stamp.nanosec * 1e-9, 3) for m in received}
+    ratios = []
+    for n, (stamps, seconds) in enumerate(segments):
+        node_fps = sum(round(stamp, 3) in captioned_stamps for stamp, _ in stamps) / seconds
+        ratios.append(node_fps / ((plain_fps[n] + plain_fps[n + 1]) / 2))
+    ratio = sorted(ratios)[len(ratios) // 2 - 1]  # the lower median of the four segments
+    assert ratio >= 0.8, f"node / plain frames/s per segment {[round(r, 2) for r in ratios]}, plain {plain_fps}"
     assert rss_end - rss_start < 60, f"memory grew from {rss_start:.0f} MB to {rss_end:.0f} MB"
     assert max(param_latency) < 2.0, param_latency
     client.set_parameters({"publish_annotated": True, "caption_reuse": True})
     print(f"\nflood: published {published}, images received {received_images}, paired {paired}, "
-          f"captioned {captioned} ({node_rate:.1f}/s; in process {baseline:.1f}/s = {node_rate / baseline:.2f}x), "
-          f"dropped {dropped}, rss {rss_start:.0f} -> {rss_end:.0f} MB, "
-          f"parameter round trip max {max(param_latency) * 1e3:.0f} ms")
+          f"captioned {captioned}, dropped {dropped}; node / plain frames/s per segment "
+          f"{' '.join(f'{r:.2f}x' for r in ratios)} (plain {' '.join(f'{f:.1f}' for f in plain_fps)}/s), "
+          f"rss {rss_start:.0f} -> {rss_end:.0f} MB, parameter round trip max {max(param_latency) * 1e3:.0f} ms")
 
 
 # ------------------------------------------------------------------------------------------------- robustness

@@ -15,7 +15,7 @@ from fakes import FakeCaptioner
 from finecaption_ros.ros_support import image_codec as codec
 from finecaption_ros.ros_support.annotate import annotate
 from finecaption_ros.ros_support.errors import ECHO_LIMIT, LINE_LIMIT, FrameError, echo
-from finecaption_ros.ros_support.latest import InferenceWorkers, LatestSlot, PairedFrame
+from finecaption_ros.ros_support.latest import REQUEST, InferenceWorkers, InFlight, LatestSlot, PairedFrame
 from finecaption_ros.ros_support.pairing import IMAGE, MASK, StampPairer
 from finecaption_ros.ros_support.params import NODE_PARAMS, validate
 from finecaption_ros.ros_support.pipeline import CaptionPipeline, PipelineConfig
@@ -244,6 +244,70 @@ def test_inference_workers_run_in_parallel_publish_in_order_and_survive_errors()
     for camera, stamps in published.items():
         assert stamps == sorted(set(stamps)) and stamps[-1] == 29, camera  # in order, the newest one out
     assert [str(e) for e in errors] == ["boom"] and not any(t.is_alive() for t in workers.threads)
+
+
+def test_a_worker_hands_the_captioner_the_next_frames_before_it_publishes_the_last_ones():
+    """The model never waits for messages to be built: batch n+1 is handed over between batch n's answer and its
+    publishing. A request waits for the batch in flight to be published; a failed answer costs only its batch."""
+    slot, events = LatestSlot(max_requests=4), []
+
+    def on_frames(frames):
+        stamp = frames[0].stamp_ns
+        events.append(("start", stamp))
+
+        def wait():  # the model at work; the camera's next frame arrives meanwhile
+            if stamp < 7:
+                slot.put(frame("", stamp + 1, received=time.monotonic()))
+            if stamp == 4:
+                slot.put_request("service")
+            if stamp == 1:
+                raise RuntimeError("the child died")
+            events.append(("answer", stamp))
+        return InFlight(wait, lambda: events.append(("publish", stamp)))
+
+    errors = []
+    workers = InferenceWorkers(slot, 1, on_frames, on_request=lambda r: events.append(("request", r)),
+                               on_error=errors.append)
+    slot.put(frame("", 0, received=time.monotonic()))
+    deadline = time.monotonic() + 10
+    while ("publish", 7) not in events and time.monotonic() < deadline:
+        time.sleep(0.01)
+    slot.close()
+    workers.join(5)
+    assert [str(e) for e in errors] == ["the child died"]
+    assert [s for kind, s in events if kind == "publish"] == [0, 2, 3, 4, 5, 6, 7]
+    assert events[:6] == [("start", 0), ("answer", 0), ("start", 1), ("publish", 0), ("start", 2), ("answer", 2)]
+    # Batch 4's answer came with a request waiting and a frame: the alternation gives the request its turn, once
+    # batch 4 is out; the frame follows.
+    k = events.index(("answer", 4))
+    assert events[k:k + 4] == [("answer", 4), ("publish", 4), ("request", "service"), ("start", 5)]
+    k = events.index(("answer", 5))
+    assert events[k:k + 3] == [("answer", 5), ("start", 6), ("publish", 5)]
+
+
+def test_the_pipeline_hands_a_submitting_captioner_its_call_at_begin():
+    """With a captioner that can `submit` (the child process), the call starts in `begin`; `wait` collects it and
+    `finish` gives what process_batch gives."""
+    class Submitting(FakeCaptioner):
+        def __init__(self):
+            super().__init__()
+            self.submitted = 0
+
+        def submit(self, frames, task, attributes, max_new_tokens):
+            self.submitted += 1
+            out = self.caption_frames(frames, task, attributes, max_new_tokens)
+            return types.SimpleNamespace(result=lambda: out)
+
+    captioner = Submitting()
+    pipeline = CaptionPipeline(captioner, PipelineConfig(caption_reuse=False))
+    image, labels = np.full((40, 60, 3), 90, np.uint8), np.zeros((40, 60), np.int32)
+    labels[5:20, 5:20], labels[22:35, 30:50] = 1, 2
+    batch = pipeline.begin([(image, labels)])
+    assert captioner.submitted == 1 and batch.outputs is None
+    results = pipeline.finish(pipeline.wait(batch))
+    again = pipeline.process_batch([(image, labels)])
+    assert [c.caption for c in results[0].captions] == [c.caption for c in again[0].captions]
+    assert [c.region_id for c in results[0].captions] == [1, 2] and results[0].inference_s > 0
 
 
 def test_inference_workers_and_threads_resolved_for_the_machine(monkeypatch):
