@@ -15,6 +15,8 @@ COLUMNS = [
     ("texture (fine detail)", "texture"),
     ("category", "category"),
     ("color", "color"),
+    ("size", "size"),
+    ("position", "position"),
 ]
 
 
