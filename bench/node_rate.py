@@ -42,7 +42,7 @@ use_large_frame_transport()  # this process publishes the frames, as a camera dr
 
 import rclpy  # noqa: E402
 from node_frames import frame_with_regions  # noqa: E402
-from rosharness import Client, NodeProcess, node_command  # noqa: E402
+from rosharness import Client, NodeProcess, node_command, plain_caption_ms  # noqa: E402
 
 COUNTS = ("images_received", "lost_images", "frames_paired", "frames_captioned", "frames_dropped")
 
@@ -50,14 +50,6 @@ COUNTS = ("images_received", "lost_images", "frames_paired", "frames_captioned",
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-def plain_window(plain: CaptionerProcess, image, labels, seconds: float) -> list[float]:
-    """The plain process's captioner ms per call on this frame, back to back for `seconds`."""
-    times, t0 = [], time.monotonic()
-    while time.monotonic() - t0 < seconds or len(times) < 3:
-        times.append(plain.caption(image, labels, task="dense")[0].timings_ms["total"])
-    return times
 
 
 def run_node_window(client: Client, image, labels, rate: float, seconds: float) -> dict:
@@ -100,11 +92,11 @@ def run_node_window(client: Client, image, labels, rate: float, seconds: float) 
 
 def run_case(client: Client, plain: CaptionerProcess, image, labels, rate: float, args) -> tuple[dict, dict]:
     """Alternating plain and node windows; (the plain process's summary, the node's)."""
-    plain_ms = [plain_window(plain, image, labels, args.seconds)]
+    plain_ms = [plain_caption_ms(plain, [(image, labels)], args.seconds)]
     nodes, ratios = [], []
     for _ in range(args.windows):
         nodes.append(run_node_window(client, image, labels, rate, args.seconds))
-        plain_ms.append(plain_window(plain, image, labels, args.seconds))
+        plain_ms.append(plain_caption_ms(plain, [(image, labels)], args.seconds))
         around = [len(w) / sum(w) * 1e3 for w in plain_ms[-2:]]
         ratios.append(nodes[-1]["fps"] / statistics.fmean(around))
     base = {"fps": statistics.median(len(w) / sum(w) * 1e3 for w in plain_ms),

@@ -165,17 +165,14 @@ class CaptionPipeline:
         submit = getattr(self.captioner, "submit", None)
         if computed and submit is not None:
             batch.started = time.perf_counter()
-            try:
-                batch.call = submit(*self._call_args(config, computed, task, attrs))
-            except ValueError:
-                batch.call = None  # `wait` retries frame by frame and names the frame
+            batch.call = submit(*self._call_args(config, computed, task, attrs))
         return batch
 
     def wait(self, batch: Batch) -> Batch:
         """The captioner's answer for the batch (blocks until it is there)."""
-        computed = [w for w in batch.works if w.compute]
         if batch.outputs is None:
-            batch.outputs = self._caption(batch.config, computed, batch.task, batch.attrs, batch.call, batch.started)
+            batch.outputs = self._caption(batch.config, [w for w in batch.works if w.compute], batch.task,
+                                          batch.attrs, batch.call, batch.started)
         return batch
 
     def finish(self, batch: Batch) -> list[FrameResult | FrameError]:

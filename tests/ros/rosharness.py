@@ -300,6 +300,16 @@ class Client:
             self.node.destroy_client(client)
 
 
+def plain_caption_ms(plain, frames, seconds: float, at_least: int = 3) -> list[float]:
+    """A captioner in a plain process (`CaptionerProcess`) captioning `frames` ((image, labels) pairs) in turn, back
+    to back for `seconds` (and at least `at_least` calls): its own ms per call, so the hand-over is not counted."""
+    times, t0 = [], time.monotonic()
+    while time.monotonic() - t0 < seconds or len(times) < at_least:
+        image, labels = frames[len(times) % len(frames)]
+        times.append(plain.caption(image, labels, task="dense")[0].timings_ms["total"])
+    return times
+
+
 def region_ids(labels: np.ndarray) -> list[int]:
     return sorted(int(i) for i in np.unique(labels) if i)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from finecaption_ros.srv import CaptionRegions
 from rclpy.parameter import Parameter
-from rosharness import Client, NodeProcess, node_command, region_ids, wait_until
+from rosharness import Client, NodeProcess, node_command, plain_caption_ms, region_ids, wait_until
 from sensor_msgs.msg import Image
 
 from finecaption_ros.data.scenes import SceneGenerator
@@ -307,14 +307,9 @@ def test_diagnostics_report_rates_latency_and_counts(node, scenes):
 
 # ------------------------------------------------------------------------------------------------- flood
 def plain_frames_per_second(plain, frames, seconds: float = 3.0) -> float:
-    """The same captioner in a plain process of its own (the code the node's child runs, with no ROS beside it),
-    captioning the same frames back to back, timed by its own clock."""
-    times, t0, k = [], time.monotonic(), 0
-    while time.monotonic() - t0 < seconds or len(times) < 8:
-        image, labels = frames[k % len(frames)]
-        times.append(plain.caption(image, labels, task="dense")[0].timings_ms["total"] / 1e3)
-        k += 1
-    return len(times) / sum(times)
+    """The same captioner in a plain process of its own (the code the node's child runs, with no ROS beside it)."""
+    times = plain_caption_ms(plain, frames, seconds, at_least=8)
+    return 1e3 * len(times) / sum(times)
 
 
 def test_flood_30hz_for_20s_keeps_up_with_the_captioner_memory_flat_and_the_newest_frame(node, scenes):
