@@ -1,6 +1,6 @@
 """Benchmark (not a test): the node process against the same captioner in a plain process, side by side in one run.
 
-    .venv/bin/python bench/node_rate.py [--seconds 4] [--windows 3] [--rates 30,60] [--regions 1,8]
+    .venv/bin/python bench/node_rate.py [--seconds 4] [--windows 5] [--rates 30,60] [--regions 1,8]
                                         [--sizes 256x256,640x480] [--threads 0] [--inference-process true]
                                         [--qos sensor_data] [--model PATH]
 
@@ -116,7 +116,7 @@ def run_case(client: Client, plain: CaptionerProcess, image, labels, rate: float
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each node and plain window")
-    parser.add_argument("--windows", type=int, default=3, help="node windows per case (each between plain ones)")
+    parser.add_argument("--windows", type=int, default=5, help="node windows per case (each between plain ones)")
     parser.add_argument("--rates", default="30,60", help="published frames per second, comma-separated")
     parser.add_argument("--regions", default="1,8", help="regions per frame, comma-separated")
     parser.add_argument("--sizes", default="256x256,640x480", help="frame sizes WxH, comma-separated")
