@@ -236,7 +236,7 @@ def train(settings: TrainSettings) -> Path:
         batch = {k: v.to(ctx.device) for k, v in batch.items()}
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, settings)
-        loss, stats = net(**batch, aux_weight=settings.aux_weight)
+        loss, stats = net(**batch, aux_weight=settings.aux_weight, count_weight=settings.count_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

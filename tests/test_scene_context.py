@@ -99,3 +99,23 @@ def test_count_loss_trains_the_density_head(random_model_dir):
     assert "acc_count" in stats
     assert model.counter.density_head[0].weight.grad.abs().sum() > 0
     assert model.neighbors.offset_adapter[0].weight.grad.abs().sum() > 0
+
+
+def test_count_weight_scales_the_count_loss_alone(random_model_dir):
+    """`--count-weight` changes the count loss's share of the total and nothing else; unset, it is `aux_weight`."""
+    import torch
+
+    from finecaption_ros.data.batches import SceneBatches
+    from finecaption_ros.model.finecaption import FineCaptionModel, load_tokenizer
+
+    model = FineCaptionModel.from_pretrained(random_model_dir).eval()
+    batch = next(iter(SceneBatches(load_tokenizer(random_model_dir), 2, 256, seed=0, p_global=1.0)))
+    with torch.no_grad():
+        default, _ = model(**batch, aux_weight=0.5)
+        same, _ = model(**batch, aux_weight=0.5, count_weight=0.5)
+        none, _ = model(**batch, aux_weight=0.5, count_weight=0.0)
+        double, _ = model(**batch, aux_weight=0.5, count_weight=1.0)
+    count_part = default - none  # the count loss at weight 0.5
+    assert count_part > 0
+    assert torch.isclose(same, default)
+    assert torch.isclose(double - none, 2 * count_part, rtol=1e-4)

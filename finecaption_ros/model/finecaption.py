@@ -154,7 +154,7 @@ class FineCaptionModel(nn.Module):
 
     def forward(self, images, masks, boxes, frame_index, token_ids, attention, labels, aux_labels=None,
                 aux_weight: float = 0.0, groups=None, object_centres=None,
-                centres_known=None) -> tuple[torch.Tensor, dict[str, float]]:
+                centres_known=None, count_weight: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss for a batch of frames (uint8 B,H,W,3) and their regions; see `data/batches.py`."""
         config = self.config
         hr = normalise_frames(images, config.hr_image_size, config.image_mean, config.image_std)
@@ -164,7 +164,8 @@ class FineCaptionModel(nn.Module):
         loss = self.caption_loss(visual, token_ids, attention, labels)
         stats = {"caption": loss.item()}
         if self.counter is not None and object_centres is not None and centres_known is not None:
-            loss = loss + aux_weight * self._count_loss(frames.coarse, object_centres, centres_known, stats)
+            weight = aux_weight if count_weight is None else count_weight
+            loss = loss + weight * self._count_loss(frames.coarse, object_centres, centres_known, stats)
         if aux_labels is None or not self.aux_heads or aux_labels.shape[1] == 0:
             return loss, stats
         for column, (name, logits) in enumerate(self.aux_logits(visual).items()):
