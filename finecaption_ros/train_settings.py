@@ -46,7 +46,8 @@ class TrainSettings:
         limits = {  # name: (lowest, highest, lowest allowed itself)
             "steps": (1, None, True), "scenes_per_batch": (1, None, True), "lr": (0, None, False),
             "min_lr_ratio": (0, 1, True), "warmup": (0, None, True), "weight_decay": (0, None, True),
-            "aux_weight": (0, None, True), "count_weight": (0, None, True), "checkpoint_every": (1, None, True), "seed": (0, 2**32 - 1, True),
+            "aux_weight": (0, None, True), "count_weight": (0, None, True), "checkpoint_every": (1, None, True),
+            "seed": (0, 2**32 - 1, True),
             "threads": (1, 1024, True), "workers": (0, 64, True), "max_minutes": (0, None, False),
             "context_grid": (1, 64, True), "neighbor_tokens": (0, 16, True), "p_global": (0, 1, True),
             "p_dense": (0, 1, True), "relation_boost": (0, None, False),
