@@ -18,12 +18,18 @@ from .scenes import DARK_SHADE, Layout, Scene, _shape_mask, _texture_mask, finis
 # Frame sizes (width, height) as cameras produce them.
 CAMERA_SIZES = ((256, 256), (320, 240), (640, 480), (848, 480), (1280, 720), (480, 480), (720, 720))
 BACKGROUNDS = ("plain", "flat", "gradient", "noise")
+# A frame larger than the model's view is rendered at this many times the view's side, and the model's own resize
+# (`model.inputs.letterbox_frames`) brings it down, as it does a camera's frame. Rendered at the view's side itself,
+# stripes of 2-4 px were point-sampled into hard bands that a real downscale blurs: the model learned those and
+# lost 15-20 points of texture at 848x480 and 1280x720. At twice the side the view is within 1 level of a
+# full-size rendering's (tests/test_scenes.py), for 2.5x the rendering time of the view's side, not 6x.
+RENDER_OVERSAMPLE = 2
 
 
 @dataclass
 class Camera:
     sizes: tuple | None = None  # (width, height) choices; None: the generator's own size
-    render_side: int | None = None  # render at the size the model's view sees (longer side), not at full size
+    render_side: int | None = None  # the model's view side: larger frames render at RENDER_OVERSAMPLE x it
     offset: tuple[float, float] = (0.0, 0.0)  # pixels added to every x and y (a shifted camera)
     subpixel: bool = False  # a random offset in [0, 1) px per frame on top
     max_rotation: float = 0.0  # degrees, at most scenes.MAX_ROTATION
@@ -46,8 +52,9 @@ class Camera:
         if self.sizes:
             width, height = self.sizes[rng.integers(len(self.sizes))]
         scale = 1.0
-        if self.render_side and max(height, width) > self.render_side:
-            scale = self.render_side / max(height, width)
+        side = self.render_side * RENDER_OVERSAMPLE if self.render_side else None
+        if side and max(height, width) > side:
+            scale = side / max(height, width)
             height, width = max(8, round(height * scale)), max(8, round(width * scale))
         return height, width, scale
 
