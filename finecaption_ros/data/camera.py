@@ -20,9 +20,8 @@ CAMERA_SIZES = ((256, 256), (320, 240), (640, 480), (848, 480), (1280, 720), (48
 BACKGROUNDS = ("plain", "flat", "gradient", "noise")
 # A frame larger than the model's view is rendered at this many times the view's side, and the model's own resize
 # (`model.inputs.letterbox_frames`) brings it down, as it does a camera's frame. Rendered at the view's side itself,
-# stripes of 2-4 px were point-sampled into hard bands that a real downscale blurs: the model learned those and
-# lost 15-20 points of texture at 848x480 and 1280x720. At twice the side the view is within 1 level of a
-# full-size rendering's (tests/test_scenes.py), for 2.5x the rendering time of the view's side, not 6x.
+# 2-4 px stripes are point-sampled into hard bands that a real downscale blurs, and the model learns those instead
+# (README, "the world"; tests/test_scenes.py). Twice the side is close to full size at a fraction of the pixels.
 RENDER_OVERSAMPLE = 2
 
 
