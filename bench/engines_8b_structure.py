@@ -79,7 +79,7 @@ def trace_args(model: FineCaptionModel) -> dict[str, tuple]:
     with torch.inference_mode():
         frames = model.encode_frames(x["hr"])
         tokens = model.region_tokens(x["lr"], x["masks"], x["boxes"], frames, x["frame_index"])
-    available = {"region_tokens": tokens, "boxes": x["boxes"], "frame_index": x["frame_index"], "coarse": frames.coarse}
+    available = {"region_tokens": tokens, "boxes": x["boxes"], "frame_index": x["frame_index"], "density": frames.density}
     regions, prompt = x["prompt_ids"].shape
     visual = torch.randn(regions, TRACE_VISUAL_TOKENS, model.decoder.config.hidden_size)
     length = TRACE_VISUAL_TOKENS + prompt

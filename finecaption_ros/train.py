@@ -78,7 +78,8 @@ def new_model(settings: TrainSettings, records=None):
 
 
 def _override(config: FineCaptionConfig, settings: TrainSettings) -> None:
-    for name in ("mask_mode", "use_hr", "context_grid", "context_positions", "neighbor_tokens", "count_token"):
+    for name in ("mask_mode", "use_hr", "context_grid", "context_positions", "neighbor_tokens", "count_token",
+                 "neighbor_names"):
         if getattr(settings, name) is not None:
             setattr(config, name, getattr(settings, name))
 
@@ -132,6 +133,31 @@ def _transfer(old, old_tokenizer, old_classes: dict, new, new_tokenizer) -> None
     new.load_state_dict(target)
     grown = len(new_vocab) - len(token_rows)
     print(f"moved to the current world: {grown} new words, {len(fresh)} tensors fresh")
+
+
+def freeze_parts(model, names: str) -> None:
+    """`--freeze hr_encoder,counter.map_head`: those parts of the model (dotted module paths) keep their loaded
+    weights."""
+    for name in filter(None, (n.strip() for n in names.split(","))):
+        try:
+            part = model.get_submodule(name)
+        except AttributeError:
+            known = ", ".join(n for n, m in model.named_children() if m is not None)
+            raise ValueError(f"--freeze {name}: this model has no part of that name; its parts are {known} "
+                             f"(and their submodules, dotted: counter.map_head)") from None
+        part.requires_grad_(False)
+
+
+def count_head_parameters(model) -> list:
+    """`--count-head-only`: freezes everything but the object counter's density head and returns its parameters."""
+    if model.counter is None:
+        raise ValueError("--count-head-only trains the object counter, and this model has none: give it one with "
+                         "--count-token true (and a high-res encoder)")
+    model.requires_grad_(False)
+    head = [*model.counter.map_norm.parameters(), *model.counter.map_head.parameters()]
+    for parameter in head:
+        parameter.requires_grad_(True)
+    return head
 
 
 def learning_rate(step: int, settings: TrainSettings) -> float:
@@ -204,7 +230,12 @@ def train(settings: TrainSettings) -> Path:
         model, tokenizer = new_model(settings, records)
         state = None
     model.to(ctx.device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    if settings.freeze:
+        freeze_parts(model, settings.freeze)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    if settings.count_head_only:
+        trained = count_head_parameters(model)
+    optimizer = torch.optim.AdamW(trained, lr=settings.lr, weight_decay=settings.weight_decay)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
     # The towers' pooling heads (CLIP post-layernorm, ConvNeXt final norm) feed nothing we use.
@@ -236,7 +267,8 @@ def train(settings: TrainSettings) -> Path:
         batch = {k: v.to(ctx.device) for k, v in batch.items()}
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, settings)
-        loss, stats = net(**batch, aux_weight=settings.aux_weight, count_weight=settings.count_weight)
+        loss, stats = net(**batch, aux_weight=settings.aux_weight, count_weight=settings.count_weight,
+                          count_only=settings.count_head_only)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

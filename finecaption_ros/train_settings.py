@@ -34,9 +34,14 @@ class TrainSettings:
     context_positions: bool | None = None
     neighbor_tokens: int | None = None
     count_token: bool | None = None
+    neighbor_names: bool | None = None
+    freeze: str | None = None  # comma-separated model parts kept as loaded, e.g. "hr_encoder,counter.map_head"
     p_global: float = 0.25  # share of scenes that also train the global task
     p_dense: float = 0.3  # share of regions asked for a dense caption (the rest: one attribute)
     relation_boost: float = 1.0  # relative_location asked this many times as often as each other attribute
+    # Train only the object counter's density head, on the frozen high-res features and without the caption loss:
+    # every other output of the model stays exactly as it was.
+    count_head_only: bool = False
     compositioncap: str | None = None  # a CompositionCap-format annotation file: train on it instead of scenes
     image_root: str | None = None  # where its images are (default: the annotation file's folder)
     overwrite: bool = False  # replace a model already in `out` (without --resume, training refuses to)

@@ -100,8 +100,9 @@ def test_sam_encoder_joins_the_high_res_features_when_configured():
     model = FineCaptionModel(config)
     assert model.hr_encoder.sam is not None
     with torch.no_grad():
-        coarse, _ = model.hr_encoder(torch.randn(1, 3, 256, 256))
+        coarse, _, mid = model.hr_encoder(torch.randn(1, 3, 256, 256))
     assert coarse.shape == (1, 192 + 16, 8, 8)  # ConvNeXt's last stage + SAM's neck, on the same grid
+    assert mid.shape == (1, 128, 16, 16)  # the stage before, for the object counter
 
 
 def test_area_coverage_equals_torch_area_resize_of_every_mask():
@@ -154,3 +155,25 @@ def test_frames_and_masks_keep_their_aspect_ratio_in_the_square_views():
     rows, cols = torch.nonzero(inside, as_tuple=True)
     assert (int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1) == (72, 112, 128, 192)
     assert abs(float(coverage.sum()) - 64 * 40) < 1e-3  # an area resize keeps the area
+
+
+def test_a_fine_tune_start_leaves_out_saved_parameters_the_model_no_longer_has(tmp_path, random_model_dir, capsys):
+    import shutil
+
+    import pytest
+    from safetensors.torch import load_file, save_file
+
+    from finecaption_ros.model.errors import ModelLoadError
+    from finecaption_ros.model.finecaption import WEIGHTS_NAME
+
+    directory = tmp_path / "older"
+    shutil.copytree(random_model_dir, directory)
+    state = load_file(str(directory / WEIGHTS_NAME))
+    state["counter.density_head.0.weight"] = torch.zeros(4, 4)  # a module an earlier version had
+    save_file(state, str(directory / WEIGHTS_NAME))
+    with pytest.raises(ModelLoadError, match="unexpected"):
+        FineCaptionModel.from_pretrained(directory)
+    model = FineCaptionModel.from_pretrained(directory, allow_new_parameters=True)
+    assert "left out (not in this model): counter.density_head.0.weight" in capsys.readouterr().out
+    reference = FineCaptionModel.from_pretrained(random_model_dir)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))

@@ -63,13 +63,14 @@ def test_density_targets_put_each_centre_in_its_cell_and_sum_to_the_count():
 
 
 def test_count_token_depends_on_the_predicted_count():
-    counter = ObjectCounter(channels=6, width=8, hidden=16)
-    coarse = torch.randn(2, 6, 4, 4)
+    counter = ObjectCounter(coarse_channels=6, mid_channels=4, width=8, hidden=16)
+    coarse, mid = torch.randn(2, 6, 4, 4), torch.randn(2, 4, 8, 8)
     coarse[1] *= 3
-    tokens = counter(coarse)
+    density = counter.density(mid, coarse)
+    assert density.shape == (2, 8, 8) and (density >= 0).all()
+    tokens = counter(density)
     assert tokens.shape == (2, 8)
     assert not torch.allclose(tokens[0], tokens[1])
-    assert (counter.density(coarse) >= 0).all()
 
 
 def test_training_batches_keep_the_global_sample_out_of_neighbour_groups_and_carry_centres(tmp_path):
@@ -97,7 +98,7 @@ def test_count_loss_trains_the_density_head(random_model_dir):
     loss, stats = model(**batch, aux_weight=0.5)
     loss.backward()
     assert "acc_count" in stats
-    assert model.counter.density_head[0].weight.grad.abs().sum() > 0
+    assert model.counter.map_head[0].weight.grad.abs().sum() > 0
     assert model.neighbors.offset_adapter[0].weight.grad.abs().sum() > 0
 
 
@@ -119,3 +120,38 @@ def test_count_weight_scales_the_count_loss_alone(random_model_dir):
     assert count_part > 0
     assert torch.isclose(same, default)
     assert torch.isclose(double - none, 2 * count_part, rtol=1e-4)
+
+
+def test_neighbour_names_start_silent_and_then_carry_the_neighbours_classes():
+    tokens = NeighborTokens(width=8, count=1, hidden=16, name_classes={"category": 3})
+    summary = torch.randn(2, 8)
+    boxes = torch.tensor([[0.1, 0.1, 0.2, 0.2], [0.6, 0.6, 0.7, 0.7]])
+    groups = torch.zeros(2, dtype=torch.long)
+    square, circle = torch.tensor([[0.0, 1.0, 0.0]] * 2), torch.tensor([[0.0, 0.0, 1.0]] * 2)
+    plain = tokens(summary, boxes, groups, {"category": square})
+    assert torch.equal(plain, tokens(summary, boxes, groups, {"category": circle}))  # zero-initialised
+    with torch.no_grad():
+        tokens.names["category"].weight.normal_()
+    assert not torch.allclose(tokens(summary, boxes, groups, {"category": square}),
+                              tokens(summary, boxes, groups, {"category": circle}))
+
+
+def test_a_model_with_neighbour_names_reads_them_from_its_auxiliary_heads(random_model_dir):
+    from finecaption_ros.model.config import FineCaptionConfig
+    from finecaption_ros.model.finecaption import FineCaptionModel
+
+    config = FineCaptionConfig.load(random_model_dir)
+    config.neighbor_names = True
+    model = FineCaptionModel.from_pretrained(random_model_dir, config=config, allow_new_parameters=True)
+    assert set(model.neighbors.names) == {"category", "color"}
+    with torch.no_grad():
+        for embedding in model.neighbors.names.values():
+            embedding.weight.normal_()
+    summary = torch.randn(3, 1, model.decoder.config.hidden_size)
+    boxes = torch.tensor([[0.1, 0.1, 0.2, 0.2], [0.5, 0.5, 0.6, 0.6], [0.8, 0.1, 0.9, 0.2]])
+    frame_index = torch.zeros(3, dtype=torch.long)
+    from finecaption_ros.model.finecaption import FrameFeatures
+
+    density = torch.zeros(1, 16, 16)
+    out = model.scene_tokens(summary, boxes, FrameFeatures(None, None, density), frame_index)
+    assert out.shape == (3, 1 + model.config.neighbor_tokens + 1, summary.shape[-1])

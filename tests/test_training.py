@@ -149,3 +149,31 @@ def test_fine_tuning_a_model_of_an_older_world_keeps_every_word_and_class_it_kne
     assert torch.equal(old.aux_heads["color"].weight[red_old], model.aux_heads["color"].weight[red_new])
     assert torch.equal(old.mask_encoder.state_dict()[next(iter(old.mask_encoder.state_dict()))],
                        model.mask_encoder.state_dict()[next(iter(model.mask_encoder.state_dict()))])
+
+
+def test_count_head_only_training_changes_the_density_head_and_nothing_else(tmp_path, random_model_dir):
+    out = train(small(tmp_path / "count", init_from=str(random_model_dir), count_head_only=True, steps=2))
+    before = FineCaptionModel.from_pretrained(random_model_dir).state_dict()
+    after = FineCaptionModel.from_pretrained(out).state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith(("counter.map_norm.", "counter.map_head.")) for name in changed)
+    assert "counter.map_head.0.weight" in changed
+
+
+def test_count_head_only_refuses_a_model_without_a_counter(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="--count-token true"):
+        train(small(tmp_path / "no-counter", count_token=False, count_head_only=True))
+
+
+def test_frozen_parts_keep_their_weights_and_an_unknown_part_is_named(tmp_path, random_model_dir):
+    import pytest
+
+    out = train(small(tmp_path / "frozen", init_from=str(random_model_dir), freeze="hr_encoder,counter.map_head"))
+    before = FineCaptionModel.from_pretrained(random_model_dir).state_dict()
+    after = FineCaptionModel.from_pretrained(out).state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and not any(name.startswith(("hr_encoder.", "counter.map_head.")) for name in changed)
+    with pytest.raises(ValueError, match="--freeze hr_encodr: this model has no part of that name"):
+        train(small(tmp_path / "typo", init_from=str(random_model_dir), freeze="hr_encodr"))

@@ -124,10 +124,10 @@ def graph_specs(model: FineCaptionModel) -> dict:
     layers = model.decoder.config.num_hidden_layers
     past, present = G.cache_names(layers, "past_key_values"), G.cache_names(layers, "present")
     hr_names = ["coarse", "fine"] if model.hr_encoder is not None else []
-    frame_axes = {"hr_pixels": {0: "frames"}, "coarse": {0: "frames"}, "fine": {0: "frames"}}
+    frame_axes = {"hr_pixels": {0: "frames"}, "coarse": {0: "frames"}, "fine": {0: "frames"}, "density": {0: "frames"}}
     region_axes = {"lr_pixels": {0: "frames"}, "masks": {0: "regions"}, "boxes": {0: "regions"},
                    "frame_index": {0: "regions"}, "coarse": {0: "frames"}, "fine": {0: "frames"},
-                   "region_tokens": {0: "regions"}, "visual": {0: "regions"}}
+                   "density": {0: "frames"}, "region_tokens": {0: "regions"}, "visual": {0: "regions"}}
     prefill_axes = {"visual": {0: "batch"}, "prompt_ids": {0: "batch", 1: "prompt"},
                     "attention_mask": {0: "batch", 1: "sequence"}, "position_ids": {0: "batch", 1: "sequence"},
                     "logits": {0: "batch"}, **{n: {0: "batch", 2: "sequence"} for n in present}}
@@ -136,9 +136,10 @@ def graph_specs(model: FineCaptionModel) -> dict:
                  **{n: {0: "batch", 2: "past"} for n in past}, **{n: {0: "batch", 2: "total"} for n in present}}
     specs = {}
     if model.hr_encoder is not None:
-        specs[G.FRAME_ENCODER] = (["hr_pixels"], ["coarse", "fine"], frame_axes)
+        specs[G.FRAME_ENCODER] = (["hr_pixels"], G.frame_encoder_outputs(model), frame_axes)
     specs[G.REGION_ENCODER] = (["lr_pixels", "masks", "boxes", "frame_index"] + hr_names, ["region_tokens"],
-                               {k: v for k, v in region_axes.items() if k not in ("coarse", "fine") or hr_names})
+                               {k: v for k, v in region_axes.items()
+                                if k != "density" and (k not in ("coarse", "fine") or hr_names)})
     if model.has_scene_tokens:
         scene_inputs = G.scene_context_inputs(model)
         specs[G.SCENE_CONTEXT] = (scene_inputs, ["visual"],
@@ -158,7 +159,8 @@ def _torch_reference(model: FineCaptionModel, inputs: dict) -> dict[str, tuple]:
         warnings.simplefilter("ignore", FutureWarning)  # `past_key_values` renamed `cache` in newer transformers
         frames = model.encode_frames(inputs["hr"] if model.hr_encoder is not None else None)
         if model.hr_encoder is not None:
-            refs[G.FRAME_ENCODER] = ((inputs["hr"],), (frames.coarse, frames.fine))
+            outputs = {"coarse": frames.coarse, "fine": frames.fine, "density": frames.density}
+            refs[G.FRAME_ENCODER] = ((inputs["hr"],), tuple(outputs[n] for n in G.frame_encoder_outputs(model)))
         tokens = model.region_tokens(inputs["lr"], inputs["masks"], inputs["boxes"], frames, inputs["frame_index"])
         hr_args = (frames.coarse, frames.fine) if model.hr_encoder is not None else ()
         refs[G.REGION_ENCODER] = ((inputs["lr"], inputs["masks"], inputs["boxes"], inputs["frame_index"], *hr_args),
@@ -167,7 +169,7 @@ def _torch_reference(model: FineCaptionModel, inputs: dict) -> dict[str, tuple]:
         if model.has_scene_tokens:
             visual = model.scene_tokens(tokens, inputs["boxes"], frames, inputs["frame_index"])
             available = {"region_tokens": tokens, "boxes": inputs["boxes"], "frame_index": inputs["frame_index"],
-                         "coarse": frames.coarse}
+                         "density": frames.density}
             refs[G.SCENE_CONTEXT] = (tuple(available[n] for n in G.scene_context_inputs(model)), (visual,))
         # Left-pad one sequence so padding, masking and positions are exercised.
         prompt_ids = inputs["prompt_ids"]

@@ -1,10 +1,11 @@
 """The exportable graphs (four, or five with scene-context tokens): thin torch wrappers around a model.
 
-- `frame_encoder`: hr_pixels (F,3,S,S) -> coarse (F,C,h,w), fine (F,C',H',W'). Runs once per frame.
+- `frame_encoder`: hr_pixels (F,3,S,S) -> coarse (F,C,h,w), fine (F,C',H',W'), and with a count token density
+  (F,2h,2w). Runs once per frame.
 - `region_encoder`: lr_pixels (F,3,s,s), masks (R,1,S,S), boxes (R,4), frame_index (R,), coarse, fine ->
   region_tokens (R,T0,D). The gather of each region's frame happens inside the graph, so one call covers every
   region of a batch of frames; each region's tokens depend on it alone, so a backend may split the regions.
-- `scene_context` (models with neighbour or count tokens): region_tokens, [boxes (R,4)], frame_index, [coarse] ->
+- `scene_context` (models with neighbour or count tokens): region_tokens, [boxes (R,4)], frame_index, [density] ->
   visual (R,T,D). Appends what depends on the other regions of the frame; one call must hold all of them. Without
   it, `visual` is `region_tokens`.
 - `decoder_prefill`: visual (R,T,D), prompt_ids (R,P), attention_mask (R,T+P), position_ids (R,T+P) ->
@@ -50,7 +51,14 @@ class FrameEncoderGraph(nn.Module):
 
     def forward(self, hr_pixels: torch.Tensor):
         frames = self.model.encode_frames(hr_pixels)
+        if frames.density is not None:
+            return frames.coarse, frames.fine, frames.density
         return frames.coarse, frames.fine
+
+
+def frame_encoder_outputs(model: FineCaptionModel) -> list[str]:
+    """The frame_encoder graph's outputs: the density map only for the count token."""
+    return ["coarse", "fine"] + ["density"] * (model.counter is not None)
 
 
 class RegionEncoderGraph(nn.Module):
@@ -65,9 +73,9 @@ class RegionEncoderGraph(nn.Module):
 
 
 def scene_context_inputs(model: FineCaptionModel) -> list[str]:
-    """The scene_context graph's inputs: boxes only for neighbour tokens, coarse only for the count token."""
+    """The scene_context graph's inputs: boxes only for neighbour tokens, density only for the count token."""
     return (["region_tokens"] + ["boxes"] * (model.neighbors is not None) + ["frame_index"]
-            + ["coarse"] * (model.counter is not None))
+            + ["density"] * (model.counter is not None))
 
 
 class SceneContextGraph(nn.Module):
@@ -78,7 +86,7 @@ class SceneContextGraph(nn.Module):
 
     def forward(self, *args):
         named = dict(zip(self.inputs, args))
-        frames = FrameFeatures(named.get("coarse"), None)
+        frames = FrameFeatures(None, None, named.get("density"))
         return self.model.scene_tokens(named["region_tokens"], named.get("boxes"), frames, named["frame_index"])
 
 

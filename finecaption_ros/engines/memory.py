@@ -106,11 +106,13 @@ def plan_memory(config: FineCaptionConfig, regions: int, max_new_tokens: int, pr
         first = model.hr_encoder.convnext.config.hidden_sizes[0]
         frame_act = frames * (S // 4) ** 2 * first * 4 * 4 * act  # stage 1's widest: the 4x inverted bottleneck
         hr = model.hr_encoder
-        graphs.append(GraphMemory(G.FRAME_ENCODER, _count(hr), _count(hr) * dense, 0.0, frame_act))
+        frame_params = _count(hr) + _count(model.counter.map_norm) + _count(model.counter.map_head) \
+            if model.counter is not None else _count(hr)
+        graphs.append(GraphMemory(G.FRAME_ENCODER, frame_params, frame_params * dense, 0.0, frame_act))
     region_params = _count(model.mask_encoder) + _count(model.fusion)
     graphs.append(GraphMemory(G.REGION_ENCODER, region_params, region_params * dense, 0.0, region_act))
     if model.has_scene_tokens:
-        scene = _count(model.neighbors) + _count(model.counter)
+        scene = _count(model.neighbors) + (_count(model.counter.adapter) if model.counter is not None else 0)
         graphs.append(GraphMemory(G.SCENE_CONTEXT, scene, scene * dense, 0.0, regions * visual * width * act * 4))
     graphs.append(GraphMemory(G.DECODER_PREFILL, decoder_params, decoder_weights, kv, prefill_act))
     graphs.append(GraphMemory(G.DECODER_STEP, decoder_params, decoder_weights, 0.0, step_act))  # same KV cache

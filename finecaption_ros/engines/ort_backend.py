@@ -90,8 +90,9 @@ class OnnxRuntimeBackend:
         if hr_pixels is None or G.FRAME_ENCODER not in self.sessions:
             return FrameFeatures(None, None)
         dtype = self.dtypes[G.FRAME_ENCODER]["hr_pixels"]
-        coarse, fine = self.sessions[G.FRAME_ENCODER].run(None, {"hr_pixels": _numpy(hr_pixels, dtype)})
-        return FrameFeatures(torch.from_numpy(coarse), torch.from_numpy(fine))
+        coarse, fine, *density = self.sessions[G.FRAME_ENCODER].run(None, {"hr_pixels": _numpy(hr_pixels, dtype)})
+        return FrameFeatures(torch.from_numpy(coarse), torch.from_numpy(fine),
+                             torch.from_numpy(density[0]) if density else None)
 
     def visual_tokens(self, lr_pixels, masks, boxes, frames: FrameFeatures, frame_index) -> torch.Tensor:
         dtypes = self.dtypes[G.REGION_ENCODER]
@@ -109,7 +110,9 @@ class OnnxRuntimeBackend:
         tokens = ShardedRunner.joined(outputs)
         if self.scene_inputs is None:
             return torch.from_numpy(tokens)
-        available = dict(per_region, region_tokens=tokens, coarse=shared.get("coarse"))
+        density = _numpy(frames.density, self.dtypes[G.SCENE_CONTEXT]["density"]) if "density" in self.scene_inputs \
+            else None
+        available = dict(per_region, region_tokens=tokens, density=density)
         (visual,) = self.sessions[G.SCENE_CONTEXT].run(None, {name: available[name] for name in self.scene_inputs})
         return torch.from_numpy(visual)
 

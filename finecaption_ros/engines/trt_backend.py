@@ -208,7 +208,9 @@ class TensorRTBackend:
         for start in range(0, hr_pixels.shape[0], self.limits.max_frames):
             outputs.append(self.engines[G.FRAME_ENCODER](
                 {"hr_pixels": torch.as_tensor(hr_pixels[start:start + self.limits.max_frames])}))
-        return FrameFeatures(torch.cat([o["coarse"] for o in outputs]), torch.cat([o["fine"] for o in outputs]))
+        density = torch.cat([o["density"] for o in outputs]) if "density" in outputs[0] else None
+        return FrameFeatures(torch.cat([o["coarse"] for o in outputs]), torch.cat([o["fine"] for o in outputs]),
+                             density)
 
     def visual_tokens(self, lr_pixels, masks, boxes, frames: FrameFeatures, frame_index) -> torch.Tensor:
         if lr_pixels.shape[0] > self.limits.max_frames:
@@ -233,7 +235,7 @@ class TensorRTBackend:
         if scene is None:
             return tokens
         available = {"region_tokens": tokens, "boxes": torch.as_tensor(boxes),
-                     "frame_index": torch.as_tensor(frame_index), "coarse": frames.coarse}
+                     "frame_index": torch.as_tensor(frame_index), "density": frames.density}
         return scene({name: available[name] for name in scene.inputs})["visual"]
 
     def decoder_session(self) -> "TrtDecoderSession":

@@ -41,6 +41,7 @@ class FineCaptionConfig:
     region_feature_stage: int = 1  # ConvNeXt hidden state used for region cells (1 = stride 4)
     adapter_hidden: int = 256
     neighbor_tokens: int = 0  # summary tokens of the K nearest other regions of the frame (relative location)
+    neighbor_names: bool = False  # neighbour tokens also carry the category and colour the auxiliary heads read
     count_token: bool = False  # an object-count token from a density head over the high-res features
     aux_classes: dict[str, list[str]] = field(default_factory=dict)  # auxiliary attribute heads for training
     attributes: list[str] = field(default_factory=lambda: list(ATTRIBUTES))  # what the attribute task may ask

@@ -25,6 +25,8 @@ from .mask_encoder import MaskAwareViT
 from .scene_context import NeighborTokens, ObjectCounter, density_targets
 
 WEIGHTS_NAME = "model.safetensors"
+# What `neighbor_names` gives a neighbour token: relative locations name the neighbour by its colour and category.
+NEIGHBOR_NAMES = ("category", "color")
 # The embedded default model (the captioner and the engines' CLI load it when no model is named).
 DEFAULT_MODEL_DIR = Path(__file__).parent.parent / "checkpoints" / "default"
 
@@ -33,6 +35,7 @@ DEFAULT_MODEL_DIR = Path(__file__).parent.parent / "checkpoints" / "default"
 class FrameFeatures:
     coarse: torch.Tensor | None  # (F, C, h, w)
     fine: torch.Tensor | None  # (F, C', H', W')
+    density: torch.Tensor | None = None  # (F, 2h, 2w) object centres per cell, with a count token
 
 
 class FineCaptionModel(nn.Module):
@@ -56,9 +59,12 @@ class FineCaptionModel(nn.Module):
             width=width, adapter_hidden=config.adapter_hidden, context_grid=config.context_grid,
             region_grid=config.region_grid, roi_sampling=config.roi_sampling, shape_grid=config.shape_grid,
             context_positions=config.context_positions)
-        self.neighbors = (NeighborTokens(width, config.neighbor_tokens, config.adapter_hidden)
+        names = {name: len(config.aux_classes[name]) for name in NEIGHBOR_NAMES
+                 if config.neighbor_names and name in config.aux_classes}
+        self.neighbors = (NeighborTokens(width, config.neighbor_tokens, config.adapter_hidden, names)
                           if config.neighbor_tokens else None)
-        self.counter = (ObjectCounter(self.hr_encoder.out_channels, width, config.adapter_hidden)
+        self.counter = (ObjectCounter(self.hr_encoder.out_channels, self.hr_encoder.mid_channels, width,
+                                      config.adapter_hidden)
                         if config.count_token and self.hr_encoder is not None else None)
         # The fusion's summary token comes last, before the scene-context tokens appended after it.
         self.summary_index = -1 - config.neighbor_tokens * (self.neighbors is not None) - (self.counter is not None)
@@ -70,8 +76,9 @@ class FineCaptionModel(nn.Module):
     def encode_frames(self, hr_pixels: torch.Tensor | None) -> FrameFeatures:
         if self.hr_encoder is None or hr_pixels is None:
             return FrameFeatures(None, None)
-        coarse, fine = self.hr_encoder(hr_pixels)
-        return FrameFeatures(coarse, fine)
+        coarse, fine, mid = self.hr_encoder(hr_pixels)
+        density = self.counter.density(mid, coarse) if self.counter is not None else None
+        return FrameFeatures(coarse, fine, density)
 
     def visual_tokens(self, lr_pixels: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
                       frames: FrameFeatures, frame_index: torch.Tensor,
@@ -109,9 +116,11 @@ class FineCaptionModel(nn.Module):
         appended = [tokens]
         if self.neighbors is not None:
             boxes = self.mode_boxes(boxes)
-            appended.append(self.neighbors(tokens[:, -1], boxes, frame_index if groups is None else groups))
+            summary = tokens[:, -1]
+            names = {name: self.aux_heads[name](summary).softmax(-1) for name in self.neighbors.names}
+            appended.append(self.neighbors(summary, boxes, frame_index if groups is None else groups, names))
         if self.counter is not None:
-            appended.append(self.counter(frames.coarse)[frame_index].unsqueeze(1))
+            appended.append(self.counter(frames.density)[frame_index].unsqueeze(1))
         return torch.cat(appended, dim=1) if len(appended) > 1 else tokens
 
     def mode_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
@@ -154,10 +163,19 @@ class FineCaptionModel(nn.Module):
 
     def forward(self, images, masks, boxes, frame_index, token_ids, attention, labels, aux_labels=None,
                 aux_weight: float = 0.0, groups=None, object_centres=None,
-                centres_known=None, count_weight: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """Training loss for a batch of frames (uint8 B,H,W,3) and their regions; see `data/batches.py`."""
+                centres_known=None, count_weight: float | None = None,
+                count_only: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss for a batch of frames (uint8 B,H,W,3) and their regions; see `data/batches.py`.
+        `count_only`: the count head's loss alone, the high-res encoder frozen (`train --count-head-only`)."""
         config = self.config
         hr = normalise_frames(images, config.hr_image_size, config.image_mean, config.image_std)
+        if count_only:
+            with torch.no_grad():
+                coarse, _, mid = self.hr_encoder(hr)
+            stats = {}
+            loss = self._count_loss(self.counter.density(mid, coarse), object_centres, centres_known, stats)
+            stats["count"] = loss.item()
+            return loss, stats
         lr = normalise_frames(images, config.lr_image_size, config.image_mean, config.image_std)
         frames = self.encode_frames(hr if config.use_hr else None)
         visual = self.visual_tokens(lr, masks, boxes, frames, frame_index, groups)
@@ -165,7 +183,7 @@ class FineCaptionModel(nn.Module):
         stats = {"caption": loss.item()}
         if self.counter is not None and object_centres is not None and centres_known is not None:
             weight = aux_weight if count_weight is None else count_weight
-            loss = loss + weight * self._count_loss(frames.coarse, object_centres, centres_known, stats)
+            loss = loss + weight * self._count_loss(frames.density, object_centres, centres_known, stats)
         if aux_labels is None or not self.aux_heads or aux_labels.shape[1] == 0:
             return loss, stats
         for column, (name, logits) in enumerate(self.aux_logits(visual).items()):
@@ -178,10 +196,9 @@ class FineCaptionModel(nn.Module):
                 stats[f"acc_{name}"] = (logits[keep].argmax(-1) == target[keep]).float().mean().item()
         return loss, stats
 
-    def _count_loss(self, coarse, centres, known, stats) -> torch.Tensor:
+    def _count_loss(self, density, centres, known, stats) -> torch.Tensor:
         """Per-cell density against the object centres, plus the frame's total: frames whose objects are not all
         known (real datasets) are left out."""
-        density = self.counter.density(coarse)
         target = density_targets(centres, *density.shape)
         if not known.any():
             return density.sum() * 0  # keeps the head in the graph for DDP
@@ -205,7 +222,8 @@ class FineCaptionModel(nn.Module):
     def from_pretrained(cls, directory: str | Path, config: FineCaptionConfig | None = None,
                         allow_new_parameters: bool = False) -> "FineCaptionModel":
         """`config` replaces the saved one (fine-tuning with changed fusion settings); with `allow_new_parameters`
-        the parameters it adds keep their initialisation instead of being an error."""
+        the parameters it adds keep their initialisation instead of being an error, and saved parameters the model
+        no longer has (a module replaced since, such as an earlier count head) are left out."""
         directory = Path(directory)
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
@@ -226,11 +244,13 @@ class FineCaptionModel(nn.Module):
             raise ModelLoadError(f"{weights} does not match {directory / CONFIG_NAME} ({brief(err)}); "
                                  f"{RESAVE_HINT}") from None
         missing = [k for k in missing if not _is_tied_copy(model, k)]
-        if unexpected or (missing and not allow_new_parameters):
+        if (unexpected or missing) and not allow_new_parameters:
             raise ModelLoadError(f"{weights} does not match {directory / CONFIG_NAME}: missing {missing[:5]}, "
                                  f"unexpected {unexpected[:5]}; {RESAVE_HINT}")
         if missing:
             print(f"initialised fresh: {', '.join(missing)}")
+        if unexpected:
+            print(f"left out (not in this model): {', '.join(unexpected)}")
         return model.eval()
 
 

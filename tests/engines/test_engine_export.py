@@ -56,7 +56,11 @@ def test_decoder_graphs_carry_the_kv_cache_with_dynamic_axes(onnx_dir):
     assert list(region_out) == ["region_tokens"] and region_out["region_tokens"]["shape"][0] == "regions"
     # the neighbour and count tokens need every region of a frame at once: their own graph, after the regions'
     scene_in, scene_out = io["scene_context"]
-    assert list(scene_in) == ["region_tokens", "boxes", "frame_index", "coarse"]
+    assert list(scene_in) == ["region_tokens", "boxes", "frame_index", "density"]
+    # the count token's density map comes from the frame encoder, on twice the coarse map's grid
+    frame_out = io["frame_encoder"][1]
+    assert list(frame_out) == ["coarse", "fine", "density"] and frame_out["density"]["shape"][0] == "frames"
+    assert scene_in["density"]["shape"][1:] == [2 * s for s in frame_out["coarse"]["shape"][2:]]
     width = manifest["hidden_size"]
     assert scene_in["region_tokens"]["shape"] == ["regions", manifest["num_visual_tokens"] - 3, width]  # 2 + count
     assert scene_out["visual"]["shape"] == ["regions", manifest["num_visual_tokens"], width]
