@@ -40,7 +40,9 @@ bench: setup
 # As the packaged model was made (README, "The embedded default model"): the base architecture from scratch, a
 # fine-tune that adds the neighbour and count tokens, that fine-tune resumed to 4000 steps with more relation
 # questions (its schedule stretched to the new length), and a fine-tune on camera-like frames of the world as
-# data/scenes.py states it (every frame shape, rendering condition and imperfect mask of the camera suite).
+# data/scenes.py states it (every frame shape, rendering condition and imperfect mask of the camera suite), another
+# on frames rendered at twice the model's view, the object counter's head retrained alone, and a fine-tune that
+# names the neighbours.
 FINETUNE = --init-from runs/default-base --out runs/default --lr 5e-4 --threads 2 --neighbor-tokens 2 \
   --count-token true --p-global 0.5
 CAMERA_STEPS ?= 3600
@@ -49,6 +51,16 @@ CAMERA = --init-from runs/default --out runs/default-camera --lr 5e-4 --threads 
 # Fifth: frames rendered at twice the model's view (data/camera.py, RENDER_OVERSAMPLE), more weight on counts.
 CAMERA2 = --init-from runs/default-camera --out runs/default-camera2 --lr 3e-4 --threads 2 --neighbor-tokens 2 \
   --count-token true --p-global 0.5 --relation-boost 3 --checkpoint-every 200 --steps 4000 --count-weight 1.5
+# Sixth: the object counter's density head alone (model/scene_context.py: 3x3 convolutions over the last two
+# ConvNeXt maps, replacing a per-cell head on the last), on the frozen high-res features and without the caption
+# loss, so every other output of the model stays as stage 5 left it.
+COUNT = --init-from runs/default-camera2 --out runs/default-count --count-head-only --scenes-per-batch 32 \
+  --workers 2 --steps 1800 --lr 1e-3 --threads 2 --checkpoint-every 200
+# Seventh: the neighbour tokens get the neighbours' category and colour (model/scene_context.py), with the high-res
+# encoder and the density head frozen, more relation questions.
+NAMES = --init-from runs/default-count --out runs/default-names --lr 3e-4 --threads 2 --neighbor-names true \
+  --freeze hr_encoder,counter.map_norm,counter.map_head --p-global 0.5 --relation-boost 6 --checkpoint-every 200 \
+  --steps 3000 --count-weight 0
 default-model: setup
 	$(VENV)/bin/finecaption train --out runs/default-base --steps 3000 --threads 2 --neighbor-tokens 0 \
 	  --count-token false --overwrite
@@ -56,8 +68,10 @@ default-model: setup
 	$(VENV)/bin/finecaption train $(FINETUNE) --steps 4000 --relation-boost 6 --resume
 	$(VENV)/bin/finecaption train $(CAMERA) --resume
 	$(VENV)/bin/finecaption train $(CAMERA2) --resume
+	$(VENV)/bin/finecaption train $(COUNT) --resume
+	$(VENV)/bin/finecaption train $(NAMES) --resume
 	mkdir -p finecaption_ros/checkpoints/default
-	cp runs/default-camera2/{config.json,model.safetensors,tokenizer.json,tokenizer_config.json,training_summary.json} \
+	cp runs/default-names/{config.json,model.safetensors,tokenizer.json,tokenizer_config.json,training_summary.json} \
 	   finecaption_ros/checkpoints/default/
 
 # The README's ablation table: four variants, the same budget each, evaluated on the same fresh scenes. They test

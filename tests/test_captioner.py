@@ -145,8 +145,8 @@ def test_default_model_names_each_regions_nearest_neighbour(default_captioner):
 
 
 def test_default_model_counts_the_objects_of_a_frame(default_captioner):
-    """The global caption starts with the object count (count token). Stage 5 of the default traded some of it on
-    3-5 object frames for texture and dense captions on camera frames (README); this guards the level reached."""
+    """The global caption starts with the object count (count token). The default gets 17 of these 20 (11 before
+    its density head was retrained, stage 6 in the README); this guards the level reached."""
     from finecaption_ros.data.scenes import COUNT_WORDS
 
     generator = SceneGenerator(split="eval", seed=99)
@@ -155,7 +155,7 @@ def test_default_model_counts_the_objects_of_a_frame(default_captioner):
         scene = generator.sample()
         caption = default_captioner.caption(scene.image, task="global", max_new_tokens=3)[0].caption
         right += caption.split(" ")[0] == COUNT_WORDS[len(scene.objects)]
-    assert right >= 10, f"{right}/20 object counts right"
+    assert right >= 15, f"{right}/20 object counts right"
 
 
 def test_default_model_gives_the_same_captions_at_camera_sizes_and_one_pixel_shifts(default_captioner):
