@@ -27,6 +27,8 @@ from .scene_context import NeighborTokens, ObjectCounter, density_targets
 WEIGHTS_NAME = "model.safetensors"
 # What `neighbor_names` gives a neighbour token: relative locations name the neighbour by its colour and category.
 NEIGHBOR_NAMES = ("category", "color")
+# Weights of the object counter before its density head became convolutional (models saved before it).
+_EARLIER_COUNT_HEAD = ("counter.density_head.", "counter.norm.")
 # The embedded default model (the captioner and the engines' CLI load it when no model is named).
 DEFAULT_MODEL_DIR = Path(__file__).parent.parent / "checkpoints" / "default"
 
@@ -244,6 +246,10 @@ class FineCaptionModel(nn.Module):
             raise ModelLoadError(f"{weights} does not match {directory / CONFIG_NAME} ({brief(err)}); "
                                  f"{RESAVE_HINT}") from None
         missing = [k for k in missing if not _is_tied_copy(model, k)]
+        if any(k.startswith(_EARLIER_COUNT_HEAD) for k in unexpected) and not allow_new_parameters:
+            raise ModelLoadError(f"{weights} holds the earlier per-cell count head, which this version replaced; "
+                                 f"give the model the current one with `finecaption train --init-from {directory} "
+                                 f"--out NEW_DIR --count-head-only --scenes-per-batch 32` (about 30 min on 2 cores)")
         if (unexpected or missing) and not allow_new_parameters:
             raise ModelLoadError(f"{weights} does not match {directory / CONFIG_NAME}: missing {missing[:5]}, "
                                  f"unexpected {unexpected[:5]}; {RESAVE_HINT}")
