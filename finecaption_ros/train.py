@@ -154,7 +154,7 @@ def count_head_parameters(model) -> list:
         raise ValueError("--count-head-only trains the object counter, and this model has none: give it one with "
                          "--count-token true (and a high-res encoder)")
     model.requires_grad_(False)
-    head = [*model.counter.map_norm.parameters(), *model.counter.map_head.parameters()]
+    head = model.counter.density_parameters()
     for parameter in head:
         parameter.requires_grad_(True)
     return head

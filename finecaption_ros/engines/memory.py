@@ -106,8 +106,9 @@ def plan_memory(config: FineCaptionConfig, regions: int, max_new_tokens: int, pr
         first = model.hr_encoder.convnext.config.hidden_sizes[0]
         frame_act = frames * (S // 4) ** 2 * first * 4 * 4 * act  # stage 1's widest: the 4x inverted bottleneck
         hr = model.hr_encoder
-        frame_params = _count(hr) + _count(model.counter.map_norm) + _count(model.counter.map_head) \
-            if model.counter is not None else _count(hr)
+        frame_params = _count(hr)
+        if model.counter is not None:  # the density head runs in the frame encoder, the count token's adapter after
+            frame_params += sum(p.numel() for p in model.counter.density_parameters())
         graphs.append(GraphMemory(G.FRAME_ENCODER, frame_params, frame_params * dense, 0.0, frame_act))
     region_params = _count(model.mask_encoder) + _count(model.fusion)
     graphs.append(GraphMemory(G.REGION_ENCODER, region_params, region_params * dense, 0.0, region_act))

@@ -98,6 +98,10 @@ class ObjectCounter(nn.Module):
         self.level_width = level_width
         self.adapter = MLPAdapter(max_count + 1, hidden, width)
 
+    def density_parameters(self) -> list[nn.Parameter]:
+        """The density head's weights: what `train --count-head-only` trains, and what the frame encoder runs."""
+        return [*self.map_norm.parameters(), *self.map_head.parameters()]
+
     def density(self, mid: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         """mid (F,C',H,W), coarse (F,C,h,w) -> (F,H,W) expected object centres per cell (>= 0)."""
         up = F.interpolate(coarse, size=mid.shape[-2:], mode="nearest")
