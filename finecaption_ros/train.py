@@ -246,7 +246,8 @@ def train(settings: TrainSettings) -> Path:
     else:
         data = SceneBatches(tokenizer, settings.scenes_per_batch, model.config.hr_image_size,
                             seed=settings.seed + start_step, rank=ctx.rank, p_global=settings.p_global,
-                            p_dense=settings.p_dense, relation_boost=settings.relation_boost)
+                            p_dense=settings.p_dense, relation_boost=settings.relation_boost,
+                            frames_only=settings.count_head_only)
     loader = DataLoader(data, batch_size=None, num_workers=settings.workers,
                         persistent_workers=settings.workers > 0)
     if ctx.main:
@@ -257,6 +258,7 @@ def train(settings: TrainSettings) -> Path:
     began = time.monotonic()
     step = start_step
     samples = 0
+    unit = "frames" if settings.count_head_only else "regions"  # what a count-head batch holds
     for batch in loader:
         if step >= settings.steps:
             break
@@ -274,10 +276,10 @@ def train(settings: TrainSettings) -> Path:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step += 1
-        samples += len(batch["frame_index"]) * ctx.world
+        samples += len(batch["frame_index"] if "frame_index" in batch else batch["images"]) * ctx.world
         if ctx.main:
             rate = samples / max(1e-9, time.monotonic() - began)
-            bar.set_postfix(loss=f"{loss.item():.3f}", regions_s=f"{rate:.0f}",
+            bar.set_postfix(loss=f"{loss.item():.3f}", **{f"{unit}_s": f"{rate:.0f}"},
                             **{k: f"{v:.2f}" for k, v in stats.items() if k.startswith("acc_")})
             bar.update(1)
             if step % settings.checkpoint_every == 0 or step == settings.steps:
@@ -287,7 +289,7 @@ def train(settings: TrainSettings) -> Path:
         bar.close()
         elapsed = elapsed_before + time.monotonic() - began
         save_checkpoint(model, tokenizer, optimizer, step, settings, elapsed)
-        summary = {"steps": step, "wall_time_s": round(elapsed, 1), "regions_seen": samples}
+        summary = {"steps": step, "wall_time_s": round(elapsed, 1), f"{unit}_seen": samples}
         (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(f"saved {out} after {step} steps, {elapsed / 60:.1f} min")
     ctx.close()

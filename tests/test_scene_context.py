@@ -1,5 +1,6 @@
 """Neighbour tokens (relative location) and the count token (global captions): the scene context of a region."""
 import numpy as np
+import pytest
 import torch
 
 from finecaption_ros.model.scene_context import NeighborTokens, ObjectCounter, density_targets, offset_features
@@ -100,6 +101,31 @@ def test_count_loss_trains_the_density_head(random_model_dir):
     assert "acc_count" in stats
     assert model.counter.map_head[0].weight.grad.abs().sum() > 0
     assert model.neighbors.offset_adapter[0].weight.grad.abs().sum() > 0
+
+
+def test_frame_batches_hold_the_scenes_of_region_batches_and_train_the_count_head(random_model_dir):
+    """`frames_only` (what `train --count-head-only` draws) skips the regions, not the scenes: the same frames and
+    object centres as the full batches of the same seed, and the count loss is the same on both."""
+    import torch
+
+    from finecaption_ros.data.batches import SceneBatches
+    from finecaption_ros.model.finecaption import FineCaptionModel, load_tokenizer
+
+    tokenizer = load_tokenizer(random_model_dir)
+    full = iter(SceneBatches(tokenizer, 3, 256, seed=5, p_global=0.5))
+    frames = iter(SceneBatches(tokenizer, 3, 256, seed=5, p_global=0.5, frames_only=True))
+    for _ in range(2):
+        a, b = next(full), next(frames)
+        assert set(b) == {"images", "object_centres", "centres_known"}
+        for key in b:
+            assert torch.equal(a[key], b[key]), key
+    model = FineCaptionModel.from_pretrained(random_model_dir).train()
+    with torch.no_grad():
+        on_full, _ = model(**a, count_only=True)
+    on_frames, stats = model(**b, count_only=True)
+    assert torch.isclose(on_full, on_frames) and "acc_count" in stats
+    with pytest.raises(ValueError, match="caption batch needs masks"):
+        model(**b)
 
 
 def test_count_weight_scales_the_count_loss_alone(random_model_dir):

@@ -117,6 +117,33 @@ def test_a_one_pixel_shift_moves_the_pixels_and_keeps_the_truth():
     assert [o.dense_caption() for o in moved.objects] == [o.dense_caption() for o in plain.objects]
 
 
+def test_growing_a_mask_matches_pooling_the_whole_frame():
+    """`_grow` pools only around the mask; it must give the pixels whole-frame pooling gives, at the frame's edges
+    too (which do not erode)."""
+    import torch
+    import torch.nn.functional as F
+
+    from finecaption_ros.data.camera import _grow
+
+    def whole_frame(mask, pixels):
+        t = torch.from_numpy(mask.astype(np.float32))[None, None]
+        reach = abs(pixels)
+        pooled = (F.max_pool2d(t, 2 * reach + 1, stride=1, padding=reach) if pixels > 0
+                  else -F.max_pool2d(-t, 2 * reach + 1, stride=1, padding=reach))
+        return pooled[0, 0].numpy() > 0.5
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        height, width = rng.integers(5, 50, size=2)
+        mask = np.zeros((height, width), dtype=bool)
+        y, x = rng.integers(0, height), rng.integers(0, width)
+        mask[y:y + rng.integers(1, 25), x:x + rng.integers(1, 25)] = True  # often cut by the frame's edge
+        mask &= rng.random(mask.shape) > 0.2
+        for pixels in (-4, -2, -1, 1, 3, 4):
+            assert np.array_equal(_grow(mask, pixels), whole_frame(mask, pixels)), (height, width, pixels)
+    assert not _grow(np.zeros((8, 8), dtype=bool), 2).any()
+
+
 def test_imperfect_masks_grow_shrink_and_hole_but_never_vanish():
     scene = SceneGenerator(480, 640, 4, 4, split="eval", seed=3).sample()
     rng = np.random.default_rng(0)

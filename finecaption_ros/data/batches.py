@@ -128,6 +128,15 @@ def _worker_rng(seed: int, rank: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, rank, worker.id if worker else 0]))
 
 
+def frame_batch(scenes: list[Scene], side: int) -> dict[str, torch.Tensor]:
+    """Scenes -> frames letterboxed to side x side and every object's centre (see `collate`), no regions."""
+    images = [letterbox_frames(torch.from_numpy(writable(s.image))[None], side)[0] for s in scenes]
+    centres = [(frame, x, y) for frame, s in enumerate(scenes) for x, y in view_centres(s, side)]
+    return {"images": torch.stack(images),
+            "object_centres": torch.tensor(centres, dtype=torch.float32).reshape(-1, 3),
+            "centres_known": torch.ones(len(scenes), dtype=torch.bool)}
+
+
 class SceneBatches(IterableDataset):
     """An endless stream of batches; each worker and each DDP rank draws its own scenes, under the training camera
     (`camera.Camera.training`: every frame size and rendering condition of the camera suite) unless `camera` says
@@ -136,7 +145,9 @@ class SceneBatches(IterableDataset):
     def __init__(self, tokenizer, scenes_per_batch: int, side: int, seed: int, rank: int = 0,
                  p_global: float = 0.25, p_dense: float = 0.3, scene_size: int = 256, relation_boost: float = 1.0,
                  camera: Camera | None = None, min_objects: int = 1, max_objects: int = max(COUNT_WORDS),
-                 p_imperfect: float = 0.5):
+                 p_imperfect: float = 0.5, frames_only: bool = False):
+        """`frames_only`: batches of frames and their object centres alone (what `train --count-head-only` uses);
+        the scenes are the same as with regions, which are drawn from a stream of their own."""
         self.tokenizer = tokenizer
         self.scenes_per_batch = scenes_per_batch
         self.side = side
@@ -149,6 +160,7 @@ class SceneBatches(IterableDataset):
         self.camera = camera or Camera.training(render_side=side)
         self.min_objects, self.max_objects = min_objects, max_objects
         self.p_imperfect = p_imperfect
+        self.frames_only = frames_only
 
     def __iter__(self):
         rng = _worker_rng(self.seed, self.rank)
@@ -158,6 +170,9 @@ class SceneBatches(IterableDataset):
         pad_id = self.tokenizer.pad_token_id
         while True:
             scenes = [generator.sample() for _ in range(self.scenes_per_batch)]
+            if self.frames_only:
+                yield frame_batch(scenes, self.side)
+                continue
             samples = [region_samples(s, rng, self.p_global, self.p_dense, self.relation_boost, self.p_imperfect)
                        for s in scenes]
             centres = [view_centres(s, self.side) for s in scenes]

@@ -163,12 +163,14 @@ class FineCaptionModel(nn.Module):
         out = self.decoder(inputs_embeds=embeds, attention_mask=attention, labels=torch.cat([ignore, labels], 1))
         return out.loss
 
-    def forward(self, images, masks, boxes, frame_index, token_ids, attention, labels, aux_labels=None,
+    def forward(self, images, masks=None, boxes=None, frame_index=None, token_ids=None, attention=None, labels=None,
+                aux_labels=None,
                 aux_weight: float = 0.0, groups=None, object_centres=None,
                 centres_known=None, count_weight: float | None = None,
                 count_only: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss for a batch of frames (uint8 B,H,W,3) and their regions; see `data/batches.py`.
-        `count_only`: the count head's loss alone, the high-res encoder frozen (`train --count-head-only`)."""
+        `count_only`: the count head's loss alone, the high-res encoder frozen (`train --count-head-only`); it needs
+        only the frames and their object centres (`data.batches.frame_batch`)."""
         config = self.config
         hr = normalise_frames(images, config.hr_image_size, config.image_mean, config.image_std)
         if count_only:
@@ -178,6 +180,9 @@ class FineCaptionModel(nn.Module):
             loss = self._count_loss(self.counter.density(mid, coarse), object_centres, centres_known, stats)
             stats["count"] = loss.item()
             return loss, stats
+        if token_ids is None:
+            raise ValueError("a caption batch needs masks, boxes, frame_index, token_ids, attention and labels; "
+                             "only count_only=True trains on frames alone")
         lr = normalise_frames(images, config.lr_image_size, config.image_mean, config.image_std)
         frames = self.encode_frames(hr if config.use_hr else None)
         visual = self.visual_tokens(lr, masks, boxes, frames, frame_index, groups)
