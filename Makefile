@@ -41,8 +41,8 @@ bench: setup
 # fine-tune that adds the neighbour and count tokens, that fine-tune resumed to 4000 steps with more relation
 # questions (its schedule stretched to the new length), and a fine-tune on camera-like frames of the world as
 # data/scenes.py states it (every frame shape, rendering condition and imperfect mask of the camera suite), another
-# on frames rendered at twice the model's view, the object counter's head retrained alone, and a fine-tune that
-# names the neighbours.
+# on frames rendered at twice the model's view, the object counter's head retrained alone, a fine-tune that
+# names the neighbours, and the counter's head trained on further.
 FINETUNE = --init-from runs/default-base --out runs/default --lr 5e-4 --threads 2 --neighbor-tokens 2 \
   --count-token true --p-global 0.5
 CAMERA_STEPS ?= 3600
@@ -61,6 +61,9 @@ COUNT = --init-from runs/default-camera2 --out runs/default-count --count-head-o
 NAMES = --init-from runs/default-count --out runs/default-names --lr 3e-4 --threads 2 --neighbor-names true \
   --freeze hr_encoder,counter.map_norm,counter.map_head --p-global 0.5 --relation-boost 6 --checkpoint-every 200 \
   --steps 3000 --count-weight 0
+# Eighth: the density head alone again, on the features stage 7 left frozen, at half stage 6's learning rate.
+COUNT2 = --init-from runs/default-names --out runs/default-count2 --count-head-only --scenes-per-batch 32 \
+  --workers 2 --steps 2000 --lr 5e-4 --threads 2 --checkpoint-every 200
 default-model: setup
 	$(VENV)/bin/finecaption train --out runs/default-base --steps 3000 --threads 2 --neighbor-tokens 0 \
 	  --count-token false --overwrite
@@ -70,8 +73,9 @@ default-model: setup
 	$(VENV)/bin/finecaption train $(CAMERA2) --resume
 	$(VENV)/bin/finecaption train $(COUNT) --resume
 	$(VENV)/bin/finecaption train $(NAMES) --resume
+	$(VENV)/bin/finecaption train $(COUNT2) --resume
 	mkdir -p finecaption_ros/checkpoints/default
-	cp runs/default-names/{config.json,model.safetensors,tokenizer.json,tokenizer_config.json,training_summary.json} \
+	cp runs/default-count2/{config.json,model.safetensors,tokenizer.json,tokenizer_config.json,training_summary.json} \
 	   finecaption_ros/checkpoints/default/
 
 # The README's ablation table: four variants, the same budget each, evaluated on the same fresh scenes. They test
