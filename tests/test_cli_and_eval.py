@@ -71,10 +71,29 @@ def test_camera_suite_reports_every_condition_count_and_consistency(random_model
             assert 0.0 <= row[key] <= 1.0
     assert list(report["global_count_by_number"]) == list(COUNT_WORDS.values())
     assert report["consistency"]["regions"] >= 1
+    differing = report["consistency"]["differing"]
+    assert set(differing) <= {"size", "color", "texture", "category", "position", "unparsed"}
+    regions, same = report["consistency"]["regions"], report["consistency"]["same_caption"]
+    assert sum(differing.values()) >= round(regions * (1 - same))  # every region that differs names why
     assert report["misses"]  # an untrained model misses the targets, and the report says so
     table = format_table(report)
     assert all(f"| {c.name} |" in table for c in CONDITIONS) and "numbers below target" in table
     json.dumps(report)
+
+
+def test_the_consistency_row_names_the_attributes_that_differ_across_renderings():
+    from finecaption_ros.camera_suite import _differing_attributes
+    from finecaption_ros.data.scenes import SceneObject
+
+    def dense(**changes):
+        fields = dict(region_id=1, category="circle", color="red", texture="solid", size="small", position="top left")
+        return SceneObject(**(fields | changes)).dense_caption()
+
+    assert _differing_attributes({dense()}) == []
+    assert _differing_attributes({dense(), dense(texture="striped"), dense(size="large", texture="checkered")}) \
+        == ["size", "texture"]
+    assert _differing_attributes({dense(), dense(position="bottom right")}) == ["position"]
+    assert _differing_attributes({dense(), "a red circle"}) == ["unparsed"]
 
 
 def test_eval_suite_camera_refuses_tasks(random_model_dir, capsys):
