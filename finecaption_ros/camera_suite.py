@@ -9,7 +9,6 @@ The targets are issue 9's.
 """
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -17,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .data.camera import BACKGROUNDS, Camera, imperfect_masks
-from .data.scenes import COUNT_WORDS, SceneGenerator
+from .data.scenes import COUNT_WORDS, DENSE_FIELDS, SceneGenerator, parse_dense_caption
 from .evaluate import Tally
 from .tasks import ATTRIBUTE_TASK, ATTRIBUTES, DENSE_TASK, GLOBAL_TASK
 
@@ -155,18 +154,13 @@ def _consistency(captioner, scenes: int, seed: int, bar=None) -> dict:
             "differing": {name: differing[name] for name in DENSE_FIELDS + ("unparsed",) if differing[name]}}
 
 
-DENSE_FIELDS = ("size", "color", "texture", "category", "position")
-# `SceneObject.dense_caption`'s template, read back: which of its attributes two captions disagree on.
-_DENSE = re.compile(r"^a (\S+) (\S+) (\S+) (\S+) at the (.+)$")
-
-
 def _differing_attributes(captions: set[str]) -> list[str]:
     """The dense-caption attributes that take more than one value among `captions` (one caption: none);
     ["unparsed"] when a caption is not of the world's template."""
-    fields = [_DENSE.match(c) for c in captions]
+    fields = [parse_dense_caption(c) for c in captions]
     if any(f is None for f in fields):
         return ["unparsed"]
-    return [name for k, name in enumerate(DENSE_FIELDS, start=1) if len({f.group(k) for f in fields}) > 1]
+    return [name for name in DENSE_FIELDS if len({f[name] for f in fields}) > 1]
 
 
 def misses(report: dict) -> list[str]:

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from finecaption_ros.data.camera import CAMERA_SIZES, RENDER_OVERSAMPLE, Camera, imperfect_masks
-from finecaption_ros.data.scenes import (ALONE, COLOR_TOLERANCE, COLORS, COUNT_WORDS, NOVEL_PAIRS, POSITIONS, SIZES,
-                                         TEXTURE_PERIOD, SceneGenerator, _texture_mask, world_texts)
+from finecaption_ros.data.scenes import (ALONE, COLOR_TOLERANCE, COLORS, COUNT_WORDS, DENSE_FIELDS, NOVEL_PAIRS,
+                                         POSITIONS, SIZES, TEXTURE_PERIOD, SceneGenerator, _texture_mask,
+                                         parse_dense_caption, world_texts)
 from finecaption_ros.model.inputs import letterbox_frames
 
 
@@ -48,6 +49,15 @@ def test_counts_run_from_one_to_ten_and_one_object_stands_alone():
     assert alone.objects[0].relative_location == ALONE
     words = " ".join(world_texts()).split()
     assert {"black", "gray", "brown", "pink", "ten", "object"} <= set(words)
+
+
+def test_a_dense_caption_reads_back_to_the_attributes_it_names():
+    scene = SceneGenerator(480, 640, 8, 10, split="eval", seed=5).sample()
+    assert any(" " in o.position for o in scene.objects)  # two-word positions ("top left") are read too
+    for obj in scene.objects:
+        assert parse_dense_caption(obj.dense_caption()) == {name: obj.attribute(name) for name in DENSE_FIELDS}
+    assert parse_dense_caption("a red circle") is None
+    assert parse_dense_caption("a small red solid circle") is None
 
 
 def test_textures_are_bands_of_the_stated_period_at_any_phase():

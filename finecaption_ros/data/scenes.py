@@ -29,6 +29,7 @@ attributes or memorises pairs.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,7 +92,20 @@ class SceneObject:
         return getattr(self, name)
 
     def dense_caption(self) -> str:
-        return f"a {self.size} {self.color} {self.texture} {self.category} at the {self.position}"
+        return DENSE_TEMPLATE.format(**{name: getattr(self, name) for name in DENSE_FIELDS})
+
+
+DENSE_TEMPLATE = "a {size} {color} {texture} {category} at the {position}"
+DENSE_FIELDS = ("size", "color", "texture", "category", "position")
+# The template read back: every field is one word but the position, which may be two ("top left").
+_DENSE_PATTERN = re.compile("^" + DENSE_TEMPLATE.format(**{name: rf"(?P<{name}>\S+)" for name in DENSE_FIELDS[:-1]},
+                                                        position=r"(?P<position>.+)") + "$")
+
+
+def parse_dense_caption(text: str) -> dict[str, str] | None:
+    """The attributes a dense caption names, by field; None when `text` is not of `DENSE_TEMPLATE`'s form."""
+    match = _DENSE_PATTERN.match(text)
+    return None if match is None else match.groupdict()
 
 
 @dataclass
