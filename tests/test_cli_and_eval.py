@@ -60,7 +60,7 @@ def test_caption_command_reports_bad_input(random_model_dir, tmp_path, capsys):
 def test_camera_suite_reports_every_condition_count_and_consistency(random_model_dir):
     from finecaption_ros.camera_suite import CONDITIONS, format_table, run_suite
     from finecaption_ros.captioner import Captioner
-    from finecaption_ros.data.scenes import COUNT_WORDS
+    from finecaption_ros.data.scenes import COUNT_WORDS, DENSE_FIELDS
 
     report = run_suite(Captioner.from_pretrained(random_model_dir), n=1, seed=3, progress=False, count_scenes=1,
                        consistency_scenes=1)
@@ -72,7 +72,7 @@ def test_camera_suite_reports_every_condition_count_and_consistency(random_model
     assert list(report["global_count_by_number"]) == list(COUNT_WORDS.values())
     assert report["consistency"]["regions"] >= 1
     differing = report["consistency"]["differing"]
-    assert set(differing) <= {"size", "color", "texture", "category", "position", "unparsed"}
+    assert set(differing) <= set(DENSE_FIELDS) | {"unparsed"}
     regions, same = report["consistency"]["regions"], report["consistency"]["same_caption"]
     assert sum(differing.values()) >= round(regions * (1 - same))  # every region that differs names why
     assert report["misses"]  # an untrained model misses the targets, and the report says so
