@@ -35,6 +35,7 @@ bench: setup
 	$(PY) bench/engines_vs_torch.py
 	$(PY) bench/node_overhead.py
 	$(PY) bench/bag_offline.py
+	$(PY) bench/grounded_relations.py
 
 # How the embedded default model was trained (wall time in finecaption_ros/checkpoints/default/training_summary.json).
 # As the packaged model was made (README, "The embedded default model"): the base architecture from scratch, a

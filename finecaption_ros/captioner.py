@@ -16,13 +16,16 @@ import torch
 
 from .model.config import FineCaptionConfig
 from .model.finecaption import DEFAULT_MODEL_DIR, FineCaptionModel, FrameFeatures, load_tokenizer, weights_digest
-from .model.generate import DecoderSession, TorchDecoderSession, greedy_decode
+from .data.scenes import relation_phrases
+from .model.generate import DecoderSession, TorchDecoderSession, greedy_decode, prefix_trie
 from .model.inputs import normalise_frames, region_inputs, writable
 from .results import RegionCaption
 from .tasks import ATTRIBUTE_TASK, DEFAULT_MAX_NEW_TOKENS, GLOBAL_TASK, MAX_NEW_TOKENS, MAX_REGIONS, TASKS, prompt_for, tidy_caption
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 MAX_BATCH = 64  # sequences decoded together; bounds memory when a frame has very many regions x attributes
+RELATION = "relative_location"
+NAME_ATTRIBUTES = ("color", "category")  # how a relative location names a neighbour: "<colour> <category>"
 
 
 class CaptionerInputError(ValueError):
@@ -67,24 +70,34 @@ def _load_backend(name: str, model_dir: Path, engine_dir: str | Path | None, opt
 
 
 class Captioner:
-    def __init__(self, model_dir: Path, config: FineCaptionConfig, tokenizer, backend: Backend, model_id: str):
+    def __init__(self, model_dir: Path, config: FineCaptionConfig, tokenizer, backend: Backend, model_id: str,
+                 grounded_relations: bool = False):
         self.model_dir = model_dir
         self.config = config
         self.tokenizer = tokenizer
         self.engine = backend
         self.model_id = model_id
         self._prompt_cache: dict[tuple[str, str | None], list[int]] = {}
+        self.grounded_relations = grounded_relations
+        # A neighbour's name, word by word: the world's colours and categories (config.aux_classes).
+        self._class_tries = {a: self._trie(config.aux_classes[a]) for a in NAME_ATTRIBUTES} if grounded_relations \
+            else {}
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, backend: str = "torch",
                         engine_dir: str | Path | None = None, num_threads: int | None = None,
-                        **backend_options) -> "Captioner":
+                        grounded_relations: bool | None = None, **backend_options) -> "Captioner":
         """`path=None` loads the default model embedded in the package; any other path must be a local model
         directory (nothing is ever downloaded).
 
         `num_threads` sets torch's (process-wide) thread count and the engine's CPU threads. An engine backend
         that computes on this CPU (onnxruntime without a GPU) then sets torch to one thread: torch only
-        preprocesses, and its idle OpenMP workers spin-wait on the cores the engine needs."""
+        preprocesses, and its idle OpenMP workers spin-wait on the cores the engine needs.
+
+        `grounded_relations`: a relative location may name only a colour and category the model reads for another
+        region of the same frame (or say it has none), instead of any pair its decoder favours. None (the default)
+        grounds them for a model of the synthetic world, whose relative locations have `data/scenes.py`'s form;
+        False decodes them freely; True insists, and refuses a model that answers in another form."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         model_dir = Path(path) if path is not None else DEFAULT_MODEL_DIR
@@ -101,7 +114,7 @@ class Captioner:
         if torch_threads:  # an engine on this CPU leaves torch only the preprocessing (see OnnxRuntimeBackend)
             torch.set_num_threads(torch_threads)
         model_id = f"{config.name}-{weights_digest(model_dir)[:8]}"
-        return cls(model_dir, config, tokenizer, engine, model_id)
+        return cls(model_dir, config, tokenizer, engine, model_id, _grounding(config, grounded_relations, model_dir))
 
     @property
     def backend(self) -> str:
@@ -171,21 +184,21 @@ class Captioner:
 
         requests = [(i, a) for i, (_, _, wanted) in enumerate(owners) if wanted for a in (attributes or [None])]
         stage = time.perf_counter()
-        texts, confidences = [], []
-        for chunk_start in range(0, len(requests), MAX_BATCH):
-            chunk = requests[chunk_start:chunk_start + MAX_BATCH]
-            index = torch.tensor([i for i, _ in chunk])
-            generation = greedy_decode(
-                self.engine.decoder_session(), visual[index], visual.shape[1],
-                [self._prompt_ids(task, a) for _, a in chunk], eos_id=self.tokenizer.eos_token_id,
-                pad_id=self.tokenizer.pad_token_id, max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
-            texts += [tidy_caption(self.tokenizer.decode(t, skip_special_tokens=True)) for t in generation.token_ids]
-            confidences += generation.confidences
+        limit = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        allowed = {}
+        if self.grounded_relations and task == ATTRIBUTE_TASK and RELATION in attributes:
+            # First every region's name, wanted or not (a relation names its neighbour), each word one of the
+            # world's classes; the answers asked for are decoded as always, so asking the relation changes no other.
+            names = [(i, a) for i in range(len(owners)) for a in NAME_ATTRIBUTES]
+            read = self._decode(visual, names, task, limit, {r: self._class_tries[r[1]] for r in names})
+            allowed = self._relation_tries(owners, dict(zip(names, read)))
+        answers = dict(zip(requests, self._decode(visual, requests, task, limit, allowed)))
         timings["decoder"] = _ms(stage)
         timings["total"] = _ms(started)
 
         results: list[list[RegionCaption]] = [[] for _ in frames]
-        for (i, attribute), text, confidence in zip(requests, texts, confidences):
+        for i, attribute in requests:
+            text, confidence = answers[(i, attribute)]
             f, region_id, _ = owners[i]
             x0, y0, x1, y1 = (int(v) for v in pixel_boxes[i])
             results[f].append(RegionCaption(
@@ -209,12 +222,57 @@ class Captioner:
                                       f"{', '.join(self.supported_attributes)}")
         return task, list(attributes)
 
+    def _decode(self, visual: torch.Tensor, requests: list[tuple[int, str | None]], task: str, limit: int,
+                allowed: dict | None = None) -> list[tuple[str, float]]:
+        """(region index, attribute) requests -> (caption, confidence) each, decoded MAX_BATCH at a time;
+        `allowed` maps a request to the `prefix_trie` of the answers it may give (the others decode freely)."""
+        out = []
+        for chunk_start in range(0, len(requests), MAX_BATCH):
+            chunk = requests[chunk_start:chunk_start + MAX_BATCH]
+            index = torch.tensor([i for i, _ in chunk])
+            tries = [allowed.get(r) for r in chunk] if allowed else None
+            generation = greedy_decode(
+                self.engine.decoder_session(), visual[index], visual.shape[1],
+                [self._prompt_ids(task, a) for _, a in chunk], eos_id=self.tokenizer.eos_token_id,
+                pad_id=self.tokenizer.pad_token_id, max_new_tokens=limit, allowed=tries)
+            texts = [tidy_caption(self.tokenizer.decode(t, skip_special_tokens=True)) for t in generation.token_ids]
+            out += zip(texts, generation.confidences)
+        return out
+
+    def _relation_tries(self, owners: list[tuple[int, int, bool]], names: dict) -> dict:
+        """Each region's relative location may name only what the model read for another region of its frame:
+        one of `relation_phrases` of their "<colour> <category>"."""
+        tries = {}
+        for i, (frame, _, wanted) in enumerate(owners):
+            if not wanted:
+                continue
+            others = [" ".join(names[(j, a)][0] for a in NAME_ATTRIBUTES)
+                      for j, (other_frame, _, _) in enumerate(owners) if other_frame == frame and j != i]
+            tries[(i, RELATION)] = self._trie(relation_phrases(others))
+        return tries
+
+    def _trie(self, answers: list[str]) -> dict:
+        return prefix_trie([self.tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers],
+                           self.tokenizer.eos_token_id)
+
     def _prompt_ids(self, task: str, attribute: str | None) -> list[int]:
         key = (task, attribute)
         if key not in self._prompt_cache:
             text = prompt_for(task, attribute)
             self._prompt_cache[key] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self._prompt_cache[key]
+
+
+def _grounding(config: FineCaptionConfig, wanted: bool | None, model_dir: Path) -> bool:
+    """A model of the synthetic world (trained with its attribute classes) names neighbours as "<colour>
+    <category>"; a model trained on a dataset's captions (no attribute classes) may phrase them any way."""
+    world = all(a in config.aux_classes and a in config.attributes for a in NAME_ATTRIBUTES) \
+        and RELATION in config.attributes
+    if wanted and not world:
+        raise CaptionerInputError(f"grounded_relations=True needs a model of the synthetic world; {model_dir} "
+                                  f"was not trained on it (its config has no {'/'.join(NAME_ATTRIBUTES)} classes): "
+                                  f"pass grounded_relations=None or False")
+    return world if wanted is None else wanted
 
 
 def _ms(since: float) -> float:

@@ -78,7 +78,8 @@ def cmd_caption(args) -> int:
         labels = _load_labels(args.masks) if args.masks else None
     else:
         raise CommandError("give --image (and --masks) or --demo-seed N")
-    captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir)
+    captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir,
+                                           grounded_relations=False if args.free_relations else None)
     results = captioner.caption(image, labels, task=args.task, attributes=list(args.attributes or ()) or None,
                                 max_new_tokens=args.max_new_tokens)
     if args.json:
@@ -104,7 +105,8 @@ def _caption_bag(args) -> int:
     check_topics(args.bag, args.image_topic, args.mask_topic)  # a bad bag fails before the model loads
     from .captioner import Captioner
 
-    captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir)
+    captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir,
+                                           grounded_relations=False if args.free_relations else None)
     summary = caption_bag(args.bag, args.out, captioner, args.image_topic, args.mask_topic, task=args.task,
                           attributes=list(args.attributes or ()) or None, storage=args.storage,
                           annotated=args.annotated, sync_slop=args.sync_slop, progress=True)
@@ -124,7 +126,8 @@ def cmd_eval(args) -> int:
     from .captioner import Captioner
     from .evaluate import evaluate
 
-    captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir)
+    captioner = Captioner.from_pretrained(args.model, backend=args.backend, engine_dir=args.engine_dir,
+                                           grounded_relations=False if args.free_relations else None)
     if args.suite == "camera":
         from .camera_suite import format_table, run_suite
 
@@ -178,6 +181,9 @@ def _add_model_arguments(parser: ArgumentParser) -> None:
                         help="model directory (default: the embedded default model)")
     parser.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"))
     parser.add_argument("--engine-dir", default=None, help="ONNX / TensorRT engine directory for those backends")
+    parser.add_argument("--free-relations", action="store_true",
+                        help="decode relative locations freely, instead of naming only a colour and category the "
+                             "model reads for another region of the frame (Captioner grounded_relations)")
 
 
 def build_parser() -> ArgumentParser:

@@ -214,3 +214,76 @@ def test_several_frames_in_one_call_match_each_frame_alone(random_captioner):
         random_captioner.caption_frames([])
     with pytest.raises(CaptionerInputError, match="label map is"):  # a bad frame is named by the same checks
         random_captioner.caption_frames([frames[0], (a.image, small[1], None)])
+
+
+def test_grounded_relations_name_only_other_regions_of_the_frame_in_the_worlds_words(random_model_dir):
+    """An untrained decoder says anything; grounded, every relative location is a side and the colour and category
+    of another region of the frame, each one of the world's words, and a region alone in its frame has none. The
+    other attributes asked with it are decoded as always."""
+    from finecaption_ros.data.scenes import ALONE, CATEGORIES, COLORS, relation_phrases
+
+    scene = SceneGenerator(split="eval", seed=31, min_objects=4, max_objects=5).sample()
+    asked = ["color", "relative_location"]
+    grounded = Captioner.from_pretrained(random_model_dir)
+    free = Captioner.from_pretrained(random_model_dir, grounded_relations=False)
+    assert grounded.grounded_relations and not free.grounded_relations
+    results = grounded.caption(scene.image, scene.labels, task="attribute", attributes=asked)
+    unconstrained = free.caption(scene.image, scene.labels, task="attribute", attributes=asked)
+    names = [f"{c} {k}" for c in COLORS for k in CATEGORIES]
+    relations = [r for r in results if r.attribute == "relative_location"]
+    assert all(r.caption in relation_phrases(names) for r in relations), [r.caption for r in relations]
+    assert [r.caption for r in relations] != [r.caption for r in unconstrained if r.attribute == "relative_location"]
+    assert [r.caption for r in results if r.attribute == "color"] == \
+        [r.caption for r in unconstrained if r.attribute == "color"]
+    one = scene.labels == scene.objects[0].region_id
+    assert grounded.caption(scene.image, [one], task="attribute", attributes=["relative_location"])[0].caption == ALONE
+
+
+def test_grounded_relations_are_refused_for_a_model_that_phrases_relations_its_own_way(random_model_dir, tmp_path):
+    from finecaption_ros.model.config import FineCaptionConfig
+    from finecaption_ros.model.finecaption import FineCaptionModel, load_tokenizer
+
+    config = FineCaptionConfig.load(random_model_dir)
+    config.aux_classes, config.neighbor_names = {}, False  # as `finecaption train` makes a model of a dataset
+    directory = tmp_path / "dataset_model"
+    FineCaptionModel(config).save_pretrained(directory, load_tokenizer(random_model_dir))
+    assert not Captioner.from_pretrained(directory).grounded_relations
+    with pytest.raises(CaptionerInputError, match="grounded_relations=True needs a model of the synthetic world"):
+        Captioner.from_pretrained(directory, grounded_relations=True)
+
+
+def test_default_model_grounded_relations_beat_free_decoding_on_camera_frames(default_captioner):
+    """Free decoding named neighbours the frame does not hold (mostly the held-out pairs); the README's camera
+    suite has the rows; on these frames (the README's throwaway check) free decoding got 207 of 233 right, grounded
+    220. Fixed frames, so the comparison is exact, not a sample."""
+    from finecaption_ros.data.camera import Camera
+
+    free = Captioner.from_pretrained(grounded_relations=False)
+    generator = SceneGenerator(480, 640, split="eval", camera=Camera(), seed=777)
+    right = {"grounded": 0, "free": 0}
+    total = 0
+    for _ in range(60):
+        scene = generator.sample()
+        truth = {o.region_id: o.relative_location for o in scene.objects}
+        for name, captioner in (("grounded", default_captioner), ("free", free)):
+            for r in captioner.caption(scene.image, scene.labels, task="attribute",
+                                       attributes=["relative_location"]):
+                right[name] += r.caption == truth[r.region_id]
+        total += len(truth)
+    assert right["grounded"] >= right["free"] + 0.03 * total, (right, total)
+    assert right["grounded"] / total >= 0.9, (right, total)
+
+
+def test_default_model_relations_name_a_colour_and_category_it_gives_another_region(default_captioner):
+    from finecaption_ros.data.camera import Camera
+
+    generator = SceneGenerator(480, 640, split="eval", camera=Camera(max_rotation=15.0), seed=778)
+    for _ in range(6):
+        scene = generator.sample()
+        results = default_captioner.caption(scene.image, scene.labels, task="attribute",
+                                            attributes=["color", "category", "relative_location"])
+        answers = {(r.region_id, r.attribute): r.caption for r in results}
+        for region in {r.region_id for r in results}:
+            others = {f"{answers[(i, 'color')]} {answers[(i, 'category')]}" for i, a in answers
+                      if a == "color" and i != region}
+            assert answers[(region, "relative_location")].split(" the ", 1)[1] in others, (region, answers)

@@ -65,6 +65,7 @@ POSITIONS = (
 COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight",
                9: "nine", 10: "ten"}
 ALONE = "no other object"  # the relative location of an object with no other object in its frame
+SIDES = ("left of", "right of", "above", "below")  # a relative location's first words, then "the <colour> <category>"
 
 # Held out of training: every category and every colour still appears, only these pairings are new.
 NOVEL_PAIRS = frozenset(
@@ -191,10 +192,20 @@ def relation(obj: SceneObject, others: list[SceneObject]) -> str:
     dx = obj.center[0] - nearest.center[0]
     dy = obj.center[1] - nearest.center[1]
     if abs(dx) >= abs(dy):
-        side = "left of" if dx < 0 else "right of"
+        side = SIDES[0] if dx < 0 else SIDES[1]
     else:
-        side = "above" if dy < 0 else "below"
-    return f"{side} the {nearest.color} {nearest.category}"
+        side = SIDES[2] if dy < 0 else SIDES[3]
+    return relation_phrase(side, f"{nearest.color} {nearest.category}")
+
+
+def relation_phrase(side: str, name: str) -> str:
+    return f"{side} the {name}"
+
+
+def relation_phrases(names: list[str]) -> list[str]:
+    """Every relative location that names one of `names` ("<colour> <category>" of the frame's other objects), or
+    only `ALONE` when there is none: the answers a region's relation may take."""
+    return [relation_phrase(side, name) for name in dict.fromkeys(names) for side in SIDES] or [ALONE]
 
 
 def world_texts() -> list[str]:
@@ -204,7 +215,7 @@ def world_texts() -> list[str]:
     texts = [prompt_for(t, a) for t in TASKS for a in ATTRIBUTES]
     texts += list(CATEGORIES) + list(COLORS) + list(TEXTURES) + list(SIZES) + list(COUNT_WORDS.values())
     texts += [p for row in POSITIONS for p in row]
-    texts += ["a at the object objects : , left of right of above below the", ALONE]
+    texts += ["a at the object objects : , the", ALONE, *SIDES]
     return texts
 
 

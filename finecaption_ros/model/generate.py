@@ -29,6 +29,16 @@ class Generation:
     confidences: list[float]  # mean probability of the chosen tokens, EOS included
 
 
+def prefix_trie(sequences: list[list[int]], eos_id: int) -> dict:
+    """The token sequences a constrained decode may produce, each ending in EOS, as nested {token: subtree}."""
+    root: dict = {}
+    for sequence in sequences:
+        node = root
+        for token in list(sequence) + [eos_id]:
+            node = node.setdefault(int(token), {})
+    return root
+
+
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     length = max(len(s) for s in sequences)
     ids = np.full((len(sequences), length), pad_id, dtype=np.int64)
@@ -40,7 +50,10 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.nd
 
 
 def greedy_decode(session: DecoderSession, visual, num_visual: int, prompts: list[list[int]], eos_id: int,
-                  pad_id: int, max_new_tokens: int) -> Generation:
+                  pad_id: int, max_new_tokens: int, allowed: list[dict | None] | None = None) -> Generation:
+    """`allowed[i]`, where given, is a `prefix_trie` of the only answers sequence i may give: each step takes the
+    likeliest token among the trie's continuations. Confidences stay the model's own (unconstrained) probabilities,
+    so a forced answer reads as the unsure one it is."""
     prompt_ids, prompt_mask = left_pad(prompts, pad_id)
     count = len(prompts)
     attention = np.concatenate([np.ones((count, num_visual), dtype=np.int64), prompt_mask], axis=1)
@@ -50,12 +63,17 @@ def greedy_decode(session: DecoderSession, visual, num_visual: int, prompts: lis
     finished = np.zeros(count, dtype=bool)
     tokens: list[list[int]] = [[] for _ in range(count)]
     probability_sums = np.zeros(count)
+    nodes = list(allowed) if allowed is not None else [None] * count
     for step in range(max_new_tokens):
         shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
         probs = np.exp(shifted)
         probs /= probs.sum(axis=1, keepdims=True)
         chosen = probs.argmax(axis=1)
         for i in np.flatnonzero(~finished):
+            if nodes[i] is not None:
+                options = np.fromiter(nodes[i], dtype=np.int64) if nodes[i] else np.array([eos_id])
+                chosen[i] = options[probs[i, options].argmax()]
+                nodes[i] = nodes[i].get(int(chosen[i]), {})
             tokens[i].append(int(chosen[i]))
             probability_sums[i] += probs[i, chosen[i]]
         finished |= chosen == eos_id
