@@ -80,7 +80,8 @@ default-model: setup
 	   finecaption_ros/checkpoints/default/
 
 # The README's ablation table: four variants, the same budget each, evaluated on the same fresh scenes. They test
-# the paper's mask and high-res claims on FineCaption's own architecture, so without the scene-context tokens.
+# the paper's mask and high-res claims on FineCaption's own architecture, so without the scene-context tokens,
+# and their relations are decoded freely: grounding would name neighbours these variants cannot see.
 ABLATION_STEPS ?= 400
 ABLATION_BASE = --steps $(ABLATION_STEPS) --threads 1 --neighbor-tokens 0 --count-token false --overwrite
 ablations: setup
@@ -89,7 +90,7 @@ ablations: setup
 	$(VENV)/bin/finecaption train --out runs/ablation-nomask $(ABLATION_BASE) --mask-mode none
 	$(VENV)/bin/finecaption train --out runs/ablation-lowres $(ABLATION_BASE) --use-hr false
 	for v in full box nomask lowres; do \
-	  $(VENV)/bin/finecaption eval --model runs/ablation-$$v --n 100 --seed 7 --tasks attribute \
+	  $(VENV)/bin/finecaption eval --model runs/ablation-$$v --n 100 --seed 7 --tasks attribute --free-relations \
 	    --out runs/ablation-$$v/eval.json > /dev/null; done
 	$(PY) bench/ablation_table.py runs/ablation-{full,box,nomask,lowres}/eval.json
 

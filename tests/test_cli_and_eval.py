@@ -46,6 +46,23 @@ def test_caption_command_prints_json(random_model_dir, capsys):
     assert {c["attribute"] for c in printed["captions"]} == {"color", "size"}
 
 
+def test_caption_command_decodes_relations_freely_only_when_asked(random_model_dir, capsys):
+    from finecaption_ros.captioner import Captioner
+    from finecaption_ros.data.scenes import SceneGenerator
+
+    scene = SceneGenerator(split="eval", seed=3).sample()  # what --demo-seed 3 captions
+    printed = {}
+    for flags in ([], ["--free-relations"]):
+        assert main(["caption", "--model", str(random_model_dir), "--demo-seed", "3", "--task", "attribute",
+                     "--attributes", "relative_location", "--json", *flags]) == 0
+        printed[bool(flags)] = [c["caption"] for c in json.loads(capsys.readouterr().out)["captions"]]
+    for free, captions in printed.items():
+        captioner = Captioner.from_pretrained(random_model_dir, grounded_relations=not free)
+        assert captions == [r.caption for r in captioner.caption(scene.image, scene.labels, task="attribute",
+                                                                 attributes=["relative_location"])]
+    assert printed[True] != printed[False]
+
+
 def test_caption_command_reports_bad_input(random_model_dir, tmp_path, capsys):
     from PIL import Image
 
