@@ -119,7 +119,7 @@ class FineCaptionNode(LifecycleNode):
         self.captioner = self._given_captioner or load_captioner(
             p["model_path"], p["backend"], p["engine_dir"], inference_threads(p["num_threads"], self.n_workers),
             child_process=p["inference_process"], workers=self.n_workers, precision=p["engine_precision"],
-            on_mismatch=p["engine_on_mismatch"])
+            on_mismatch=p["engine_on_mismatch"], grounded_relations=p["grounded_relations"])
         self.model_id = str(getattr(self.captioner, "model_id", "unknown"))
         self.backend = str(getattr(self.captioner, "backend", p["backend"]))
         self._known_attributes = tuple(getattr(self.captioner, "supported_attributes", ATTRIBUTES))

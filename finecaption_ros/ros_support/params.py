@@ -54,6 +54,8 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("inference_workers", 0, "threads that caption in parallel, each a batch of other cameras' frames; "
               "0 = one per camera up to the core count (1 for the tensorrt backend)", read_only=True, minimum=0,
               maximum=64),
+    ParamSpec("grounded_relations", True, "a relative location names only a colour and category the model reads for "
+              "another region of the frame (models of the synthetic world); false = decoded freely", read_only=True),
     ParamSpec("task", "dense", "what to caption: one attribute per region, a dense caption per region, or the whole "
               "image", choices=TASKS),
     ParamSpec("attributes", ["color", "category"], "attribute names for task 'attribute'",

@@ -30,19 +30,22 @@ def inference_workers(requested: int, cameras: int, backend: str) -> int:
 
 
 def load_captioner(model_path: str, backend: str, engine_dir: str, num_threads: int = 0, child_process: bool = False,
-                   workers: int = 1, **engine_options):
+                   workers: int = 1, grounded_relations: bool = True, **engine_options):
     """Captioner.from_pretrained with start-up errors turned into one clear line; with `child_process`, the same
     captioner in a child process (captioner_process.py) that `workers` threads may call at once."""
     if child_process:
         from .captioner_process import CaptionerProcess
 
-        return CaptionerProcess(model_path, backend, engine_dir, num_threads, workers, **engine_options)
+        return CaptionerProcess(model_path, backend, engine_dir, num_threads, workers,
+                                grounded_relations=grounded_relations, **engine_options)
     try:
         from ..captioner import Captioner
     except ImportError as err:
         raise StartupError(f"cannot import the captioner: {err}") from err
     try:
-        options = {"num_threads": inference_threads(num_threads)}
+        # True means "where the model allows": a model of another world decodes its relations freely.
+        options = {"num_threads": inference_threads(num_threads), "grounded_relations": None if grounded_relations
+                   else False}
         if backend == "tensorrt":  # the plan options mean nothing to the other backends
             options.update(engine_options)
         return Captioner.from_pretrained(path=model_path or None, backend=backend, engine_dir=engine_dir or None,

@@ -90,3 +90,27 @@ def test_captioner_process_start_up_errors_are_one_line(tmp_path):
     with pytest.raises(StartupError, match=f"model not found: .*{tmp_path.name}/nothing"):
         CaptionerProcess(model_path=str(tmp_path / "nothing"))
     assert time.monotonic() - t0 < 120
+
+
+def test_the_grounded_relations_parameter_reaches_the_captioner_in_and_out_of_process(random_model_dir):
+    """The node's `grounded_relations` goes through load_captioner to the captioner, in the child process too: an
+    untrained model's relations differ between the two settings, so each must match its own in-process twin."""
+    from finecaption_ros.captioner import Captioner
+    from finecaption_ros.ros_support.startup import load_captioner
+
+    image, labels = _frame(256, 256, 5)
+    asked = {"task": "attribute", "attributes": ["relative_location"]}
+    expected = {}
+    for grounded in (True, False):
+        assert load_captioner(str(random_model_dir), "torch", "", 1,
+                              grounded_relations=grounded).grounded_relations is grounded
+        twin = Captioner.from_pretrained(random_model_dir, grounded_relations=grounded)
+        expected[grounded] = _texts([twin.caption(image, labels, **asked)])
+    assert expected[True] != expected[False]
+    for grounded in (True, False):
+        child = load_captioner(str(random_model_dir), "torch", "", 1, child_process=True,
+                               grounded_relations=grounded)
+        try:
+            assert _texts([child.caption(image, labels, **asked)]) == expected[grounded]
+        finally:
+            child.close()
