@@ -124,6 +124,11 @@ class Captioner:
     def supported_attributes(self) -> tuple[str, ...]:
         return tuple(self.config.attributes)
 
+    @property
+    def has_object_counter(self) -> bool:
+        """Whether `count_objects` can answer: the model has a count token, read from its high-res features."""
+        return bool(self.config.count_token and self.config.use_hr)
+
     # ---- the API ------------------------------------------------------------------------------------------------
     def caption(self, image: np.ndarray, masks=None, task: str = "dense", attributes: Sequence[str] | None = None,
                 max_new_tokens: int | None = None, region_ids: Sequence[int] | None = None) -> list[RegionCaption]:
@@ -134,6 +139,21 @@ class Captioner:
         regions in `masks` for relative locations; a region given alone has no neighbour to name.
         """
         return self.caption_frames([(image, masks, region_ids)], task, attributes, max_new_tokens)[0]
+
+    def count_objects(self, image: np.ndarray) -> float:
+        """The model's own object count for a frame: the sum of its object counter's density map, the number the
+        global caption's count token encodes (not rounded). Tells a miscounted global caption apart: a wrong sum is
+        the counter's error, a right sum with a wrong count word the decoder's."""
+        image = _check_image(image)
+        config = self.config
+        if not self.has_object_counter:
+            raise CaptionerInputError(f"model {self.model_id} has no object counter (its config has count_token "
+                                      f"false or no high-res encoder); count with a model trained with "
+                                      f"--count-token true")
+        pixels = torch.from_numpy(writable(image))[None]
+        encoded = self.engine.encode_frames(
+            normalise_frames(pixels, config.hr_image_size, config.image_mean, config.image_std))
+        return float(encoded.density.sum())
 
     def caption_frames(self, frames: Sequence[tuple], task: str = "dense", attributes: Sequence[str] | None = None,
                        max_new_tokens: int | None = None) -> list[list[RegionCaption]]:

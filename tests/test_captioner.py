@@ -158,6 +158,40 @@ def test_default_model_counts_the_objects_of_a_frame(default_captioner):
     assert right >= 15, f"{right}/20 object counts right"
 
 
+def test_count_objects_is_the_sum_the_global_caption_counts_by(default_captioner):
+    """count_objects reads the counter the count token is built from: on 640x480 frames of 2-4 objects (where the
+    suite finds the counter right on every frame) its rounded sum is the true count, and the global caption's count
+    word follows it."""
+    from finecaption_ros.data.scenes import COUNT_WORDS
+
+    generator = SceneGenerator(480, 640, 2, 4, split="eval", seed=41)
+    sums_right = words_follow = 0
+    for _ in range(10):
+        scene = generator.sample()
+        counted = default_captioner.count_objects(scene.image)
+        sums_right += round(counted) == len(scene.objects)
+        word = default_captioner.caption(scene.image, task="global", max_new_tokens=3)[0].caption.split(" ")[0]
+        words_follow += word == COUNT_WORDS.get(round(counted))
+    assert sums_right >= 9 and words_follow >= 9, (sums_right, words_follow)
+
+
+def test_count_objects_refuses_a_model_without_an_object_counter(random_model_dir, tmp_path, scene):
+    from finecaption_ros.model.config import FineCaptionConfig
+    from finecaption_ros.model.finecaption import FineCaptionModel, load_tokenizer
+
+    assert Captioner.from_pretrained(random_model_dir).has_object_counter
+    config = FineCaptionConfig.load(random_model_dir)
+    config.count_token = False
+    directory = tmp_path / "no_counter"
+    FineCaptionModel(config).save_pretrained(directory, load_tokenizer(random_model_dir))
+    captioner = Captioner.from_pretrained(directory)
+    assert not captioner.has_object_counter
+    with pytest.raises(CaptionerInputError, match="has no object counter"):
+        captioner.count_objects(scene.image)
+    with pytest.raises(CaptionerInputError, match="image"):
+        Captioner.from_pretrained(random_model_dir).count_objects(np.zeros((4, 4), dtype=np.uint8))
+
+
 def test_default_model_gives_the_same_captions_at_camera_sizes_and_one_pixel_shifts(default_captioner):
     """The same layouts at 256x256, 640x480, 1280x720 and shifted by 1 px: the share of regions with the same dense
     caption in all four. Issue 9's target is 95% (the camera suite's consistency row, README); this guards

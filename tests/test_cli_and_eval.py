@@ -87,6 +87,8 @@ def test_camera_suite_reports_every_condition_count_and_consistency(random_model
         for key in list(ATTRIBUTES) + ["dense_all_right", "count"]:
             assert 0.0 <= row[key] <= 1.0
     assert list(report["global_count_by_number"]) == list(COUNT_WORDS.values())
+    assert list(report["density_count_by_number"]) == list(COUNT_WORDS.values())
+    assert all(0.0 <= v <= 1.0 for v in report["density_count_by_number"].values())
     assert report["consistency"]["regions"] >= 1
     differing = report["consistency"]["differing"]
     assert set(differing) <= set(DENSE_FIELDS) | {"unparsed"}
@@ -95,6 +97,7 @@ def test_camera_suite_reports_every_condition_count_and_consistency(random_model
     assert report["misses"]  # an untrained model misses the targets, and the report says so
     table = format_table(report)
     assert all(f"| {c.name} |" in table for c in CONDITIONS) and "numbers below target" in table
+    assert "rounded density sum right" in table
     json.dumps(report)
 
 
