@@ -127,7 +127,7 @@ class Captioner:
     @property
     def has_object_counter(self) -> bool:
         """Whether `count_objects` can answer: the model has a count token, read from its high-res features."""
-        return bool(self.config.count_token and self.config.use_hr)
+        return self.config.has_object_counter
 
     # ---- the API ------------------------------------------------------------------------------------------------
     def caption(self, image: np.ndarray, masks=None, task: str = "dense", attributes: Sequence[str] | None = None,
@@ -145,14 +145,11 @@ class Captioner:
         global caption's count token encodes (not rounded). Tells a miscounted global caption apart: a wrong sum is
         the counter's error, a right sum with a wrong count word the decoder's."""
         image = _check_image(image)
-        config = self.config
         if not self.has_object_counter:
             raise CaptionerInputError(f"model {self.model_id} has no object counter (its config has count_token "
                                       f"false or no high-res encoder); count with a model trained with "
                                       f"--count-token true")
-        pixels = torch.from_numpy(writable(image))[None]
-        encoded = self.engine.encode_frames(
-            normalise_frames(pixels, config.hr_image_size, config.image_mean, config.image_std))
+        encoded = self.engine.encode_frames(_hr_view(torch.from_numpy(writable(image))[None], self.config))
         return float(encoded.density.sum())
 
     def caption_frames(self, frames: Sequence[tuple], task: str = "dense", attributes: Sequence[str] | None = None,
@@ -181,7 +178,7 @@ class Captioner:
                 present, region_masks = wanted, region_masks[keep]
             pixels = torch.from_numpy(writable(image))[None]
             if config.use_hr:
-                hr.append(normalise_frames(pixels, config.hr_image_size, config.image_mean, config.image_std))
+                hr.append(_hr_view(pixels, config))
             lr.append(normalise_frames(pixels, config.lr_image_size, config.image_mean, config.image_std))
             cover, box, pixel_box = region_inputs(region_masks, config.hr_image_size)
             coverage.append(cover)
@@ -293,6 +290,11 @@ def _grounding(config: FineCaptionConfig, wanted: bool | None, model_dir: Path) 
                                   f"was not trained on it (its config has no {'/'.join(NAME_ATTRIBUTES)} classes): "
                                   f"pass grounded_relations=None or False")
     return world if wanted is None else wanted
+
+
+def _hr_view(pixels: torch.Tensor, config: FineCaptionConfig) -> torch.Tensor:
+    """uint8 (1,H,W,3) -> the high-res encoder's normalised view (what the frame encoder, and so the counter, reads)."""
+    return normalise_frames(pixels, config.hr_image_size, config.image_mean, config.image_std)
 
 
 def _ms(since: float) -> float:

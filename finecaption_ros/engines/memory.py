@@ -54,7 +54,7 @@ def num_visual_tokens(config: FineCaptionConfig) -> int:
     else:
         vit = config.mask_encoder
         context = (vit["image_size"] // vit["patch_size"]) ** 2
-    scene = (config.neighbor_tokens or 0) + bool(config.count_token and config.use_hr)
+    scene = (config.neighbor_tokens or 0) + config.has_object_counter
     return context + config.region_grid ** 2 + 1 + scene
 
 

@@ -59,6 +59,11 @@ class FineCaptionConfig:
     def lr_image_size(self) -> int:
         return int(self.mask_encoder["image_size"])
 
+    @property
+    def has_object_counter(self) -> bool:
+        """The count token's object counter reads the high-res features, so it needs both."""
+        return bool(self.count_token and self.use_hr)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -67,7 +67,7 @@ class FineCaptionModel(nn.Module):
                           if config.neighbor_tokens else None)
         self.counter = (ObjectCounter(self.hr_encoder.out_channels, self.hr_encoder.mid_channels, width,
                                       config.adapter_hidden)
-                        if config.count_token and self.hr_encoder is not None else None)
+                        if config.has_object_counter else None)
         # The fusion's summary token comes last, before the scene-context tokens appended after it.
         self.summary_index = -1 - config.neighbor_tokens * (self.neighbors is not None) - (self.counter is not None)
         # Auxiliary attribute classifiers on the summary token: a training signal only, never used to caption.
